@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Attention over packed variable-length sequences.
+
+Two backends compute the same thing:
+
+* ``flash``: ``flash_attn_varlen_func`` from flash-attn, used when the package is
+  installed and the tensors are on CUDA;
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with an explicit
+  boolean mask, used everywhere else (CPU, no flash-attn).
+
+Set ``SRUM_ATTN_BACKEND=sdpa`` to force SDPA on CUDA (e.g. to compare the two).
+
+Tokens are packed: a tensor ``[N, heads, head_dim]`` holds the tokens of all sequences
+one after another, and integer lengths say where each sequence starts. Grouped-query
+attention (fewer key/value heads than query heads) is handled by both backends.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional dependency; never required
+    from flash_attn import flash_attn_varlen_func as _flash_varlen
+except ImportError:  # pragma: no cover - depends on the machine
+    _flash_varlen = None
+
+
+def use_flash(x: torch.Tensor) -> bool:
+    """Whether the flash-attn backend serves tensors like ``x``."""
+    if _flash_varlen is None or not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    return os.environ.get("SRUM_ATTN_BACKEND", "auto").lower() != "sdpa"
+
+
+def _cu(lengths: torch.Tensor) -> torch.Tensor:
+    return F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
+
+
+@dataclass
+class PackedLayout:
+    """Where each packed token of a batch of variable-length sequences sits.
+
+    ``lengths`` [B] are the sequence lengths; ``row``/``col`` [N] give, for packed token
+    n, its sequence and its index inside that sequence. Built once per forward and
+    shared by every layer."""
+
+    lengths: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    max_len: int
+
+    @classmethod
+    def from_lengths(cls, lengths: torch.Tensor) -> "PackedLayout":
+        lengths = lengths.to(torch.long)
+        device = lengths.device
+        row = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        col = torch.arange(int(lengths.sum()), device=device) - starts[row]
+        return cls(lengths, row, col, int(lengths.max()) if len(lengths) else 0)
+
+    def pad(self, packed: torch.Tensor) -> torch.Tensor:
+        """[N, ...] -> [B, max_len, ...] with zeros in the padding."""
+        out = packed.new_zeros((len(self.lengths), self.max_len, *packed.shape[1:]))
+        out[self.row, self.col] = packed
+        return out
+
+    def unpad(self, padded: torch.Tensor) -> torch.Tensor:
+        """[B, max_len, ...] -> [N, ...]."""
+        return padded[self.row, self.col]
+
+
+def _sdpa(q, k, v, mask):
+    """q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], mask broadcastable to [B, Hq, Lq, Lk] (True = attend)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def varlen_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """Full (bidirectional) attention within each packed sequence.
+
+    q [N, Hq, D], k/v [N, Hkv, D] -> [N, Hq, D]. Used by the ViT, one sequence per image."""
+    if use_flash(q):
+        cu = _cu(layout.lengths)
+        return _flash_varlen(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=layout.max_len,
+                             max_seqlen_k=layout.max_len, causal=False)
+    qp, kp, vp = (layout.pad(t).transpose(1, 2) for t in (q, k, v))
+    idx = torch.arange(layout.max_len, device=q.device)
+    valid = idx[None, :] < layout.lengths[:, None]  # [B, L]
+    out = _sdpa(qp, kp, vp, valid[:, None, None, :])
+    return layout.unpad(out.transpose(1, 2))
+
+
+@dataclass
+class CachedLayout:
+    """Queries of one inference call against a key/value cache with one row per sequence.
+
+    Row b already holds ``past[b]`` cached tokens; the call adds ``query.lengths[b]``
+    tokens written at cache slots ``past[b] .. past[b] + query.lengths[b] - 1``. With
+    ``causal`` a query at slot s sees slots <= s (text); otherwise it sees every slot up
+    to the row's new end (an image block sees itself whole and all its context)."""
+
+    query: PackedLayout
+    past: torch.Tensor
+    causal: bool
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.past + self.query.lengths
+
+    @property
+    def slot(self) -> torch.Tensor:
+        """Cache slot of every packed query token [N]."""
+        return self.past[self.query.row] + self.query.col
+
+    def mask(self, key_len: int) -> torch.Tensor:
+        """[B, 1, Lq, key_len] boolean attention mask for SDPA."""
+        device = self.past.device
+        k_idx = torch.arange(key_len, device=device)
+        limit = self.total[:, None, None]
+        if self.causal:
+            q_pos = self.past[:, None] + torch.arange(self.query.max_len, device=device)[None, :]
+            limit = torch.minimum(limit, q_pos[:, :, None] + 1)
+        return (k_idx[None, None, :] < limit)[:, None]
+
+
+def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: CachedLayout) -> torch.Tensor:
+    """Attention of packed queries q [N, Hq, D] over cache rows [B, capacity, Hkv, D]
+    (the new keys/values already written) -> [N, Hq, D]."""
+    key_len = int(layout.total.max())
+    if use_flash(q):
+        keys = PackedLayout.from_lengths(layout.total)
+        k = k_cache[keys.row, keys.col]
+        v = v_cache[keys.row, keys.col]
+        # flash-attn aligns the causal mask to the bottom-right corner: query i of a row
+        # sees the whole cached prefix plus new tokens <= i, which is our rule.
+        return _flash_varlen(q, k, v, cu_seqlens_q=_cu(layout.query.lengths), cu_seqlens_k=_cu(layout.total),
+                             max_seqlen_q=layout.query.max_len, max_seqlen_k=key_len, causal=layout.causal)
+    qp = layout.query.pad(q).transpose(1, 2)
+    kp = k_cache[:, :key_len].transpose(1, 2)
+    vp = v_cache[:, :key_len].transpose(1, 2)
+    out = _sdpa(qp, kp, vp, layout.mask(key_len))
+    return layout.query.unpad(out.transpose(1, 2))
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention over one packed training sequence with an explicit mask.
+
+    q [S, Hq, D], k/v [S, Hkv, D], mask [S, S] boolean (True = query row may see key
+    column) -> [S, Hq, D]. Rows with no visible key (never produced by our masks) give 0."""
+    out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], mask[None, None])
+    return out[0].transpose(0, 1)
