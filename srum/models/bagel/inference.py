@@ -156,11 +156,24 @@ class BagelInferenceMixin:
     def _decode_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def _text_tokens(self, text: str | None) -> int:
+        return 0 if text is None else len(encode_text(self.tokenizer, self.special_tokens, text))
+
+    def _vit_tokens(self, image: PIL.Image.Image) -> int:
+        """Cache slots an input image takes: its ViT patches plus the two frame tokens."""
+        w, h = vit_transform().resize.target_size(*vae_transform().resize.target_size(*image.size))
+        p = self.config.vit.patch_size
+        return (w // p) * (h // p) + 2
+
     def _understanding_cache(self, images_per_row: list[list], prompts: list[str], think: bool,
                              think_system_prompt: str | None, extra: int) -> KVCache:
-        cache = self.new_cache(len(prompts), 256 + extra)
+        system = (think_system_prompt or UNDERSTANDING_THINK_PROMPT) if think else None
+        # sized exactly, so decoding never re-allocates
+        capacity = max(self._text_tokens(system) + sum(self._vit_tokens(im) for im in ims) + self._text_tokens(p)
+                       for ims, p in zip(images_per_row, prompts)) + extra
+        cache = self.new_cache(len(prompts), capacity)
         if think:
-            self._prefill_text(cache, [think_system_prompt or UNDERSTANDING_THINK_PROMPT] * len(prompts))
+            self._prefill_text(cache, [system] * len(prompts))
         for k in range(max((len(ims) for ims in images_per_row), default=0)):
             self._prefill_images(cache, [ims[k] if k < len(ims) else None for ims in images_per_row])
         self._prefill_text(cache, prompts)
@@ -308,9 +321,11 @@ class BagelInferenceMixin:
         branches = 1 + text_cfg + img_cfg
         rows = n * branches  # [cond x n | text-uncond x n | img-uncond x n]
 
-        cache = self.new_cache(rows, 256 + h * w + 2 + (max_think_tokens if think else 0))
+        system = (think_system_prompt or GENERATION_THINK_PROMPT) if think else None
+        context = self._text_tokens(system) + max(self._text_tokens(p) for p in prompts)
+        cache = self.new_cache(rows, context + (max_think_tokens + 2 if think else 0) + h * w + 2)
         if think:
-            self._prefill_text(cache, [think_system_prompt or GENERATION_THINK_PROMPT] * rows)
+            self._prefill_text(cache, [system] * rows)
         with_prompt = list(prompts) + [None] * n * text_cfg + list(prompts) * img_cfg
         self._prefill_text(cache, with_prompt)
         thoughts = None
