@@ -61,6 +61,9 @@ class PackedLayout:
         col = torch.arange(int(lengths.sum()), device=device) - starts[row]
         return cls(lengths, row, col, int(lengths.max()) if len(lengths) else 0)
 
+    def to(self, device: torch.device) -> "PackedLayout":
+        return PackedLayout(self.lengths.to(device), self.row.to(device), self.col.to(device), self.max_len)
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, max_len, ...] with zeros in the padding."""
         out = packed.new_zeros((len(self.lengths), self.max_len, *packed.shape[1:]))
@@ -104,6 +107,9 @@ class CachedLayout:
     query: PackedLayout
     past: torch.Tensor
     causal: bool
+
+    def to(self, device: torch.device) -> "CachedLayout":
+        return CachedLayout(self.query.to(device), self.past.to(device), self.causal)
 
     @property
     def total(self) -> torch.Tensor:

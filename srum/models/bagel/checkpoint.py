@@ -257,8 +257,13 @@ def plan_device_map(model: Bagel, dtype: torch.dtype, max_memory: dict | None = 
     from accelerate import infer_auto_device_map
     device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=NO_SPLIT_MODULES, dtype=dtype)
     first = device_map.get("language_model.model.embed_tokens", device_map.get("", 0))
-    for name in ("language_model.model.embed_tokens", "time_embedder", "vae2llm", "llm2vae", "latent_pos_embed",
-                 "connector", "vit_pos_embed", "vae", "vit_model"):
+    pinned = ("language_model.model.embed_tokens", "language_model.model.norm", "language_model.model.norm_moe_gen",
+              "language_model.lm_head", "time_embedder", "vae2llm", "llm2vae", "latent_pos_embed", "connector",
+              "vit_pos_embed", "vae", "vit_model")
+    # drop entries that cover a pinned module as a whole (accelerate may group them)
+    device_map = {k: v for k, v in device_map.items() if not any(p.startswith(k + ".") or p == k for p in pinned) or k == ""}
+    device_map.pop("", None)
+    for name in pinned:
         device_map[name] = first
     return device_map
 

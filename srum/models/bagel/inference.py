@@ -61,8 +61,8 @@ class BagelInferenceMixin:
     # ------------------------------------------------------------ low level
     def new_cache(self, rows: int, capacity: int) -> KVCache:
         cfg = self.config.llm
-        return KVCache(cfg.num_hidden_layers, rows, capacity, cfg.num_key_value_heads, cfg.head_dim,
-                       self.dtype, self.device)
+        layer_devices = [layer.input_layernorm.weight.device for layer in self.language_model.model.layers]
+        return KVCache(layer_devices, rows, capacity, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device)
 
     def _forward_rows(self, cache: KVCache, embeds: torch.Tensor, lengths: torch.Tensor, *, causal: bool,
                       single_position: bool, is_gen: torch.Tensor | None = None, commit: bool) -> torch.Tensor:

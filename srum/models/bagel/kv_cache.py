@@ -15,11 +15,13 @@ import torch
 
 
 class KVCache:
-    def __init__(self, num_layers: int, rows: int, capacity: int, kv_heads: int, head_dim: int,
+    def __init__(self, layer_devices: list[torch.device], rows: int, capacity: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str):
+        """One key and one value buffer per layer, each on its layer's device;
+        ``device`` holds the bookkeeping (lengths, positions)."""
         shape = (rows, max(capacity, 1), kv_heads, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=d) for d in layer_devices]
+        self.values = [torch.zeros(shape, dtype=dtype, device=d) for d in layer_devices]
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(rows, dtype=torch.long, device=device)
 

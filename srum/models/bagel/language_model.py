@@ -42,6 +42,11 @@ class ExpertRouting:
             self.gen_idx = torch.nonzero(is_gen, as_tuple=True)[0]
             self.und_idx = torch.nonzero(~is_gen, as_tuple=True)[0]
 
+    def to(self, device: torch.device) -> "ExpertRouting":
+        if self.is_gen is None or self.is_gen.device == device:
+            return self
+        return ExpertRouting(self.is_gen.to(device))
+
     def __call__(self, x: torch.Tensor, und: Callable, gen: Callable) -> torch.Tensor:
         """Apply ``und`` to understanding tokens and ``gen`` to generation tokens of x [N, ...]."""
         if self.is_gen is None:
@@ -154,14 +159,19 @@ class Qwen2MoTModel(nn.Module):
         rows, slots = layout.query.row, layout.slot
         for i, layer in enumerate(self.layers):
             k_cache, v_cache = cache.keys[i], cache.values[i]
+            if k_cache.device != x.device:  # layers spread over GPUs (device_map): follow the layer
+                dev = k_cache.device
+                x, rope, route, layout = x.to(dev), tuple(t.to(dev) for t in rope), route.to(dev), layout.to(dev)
+                rows, slots = layout.query.row, layout.slot
 
-            def attend(q, k, v, k_cache=k_cache, v_cache=v_cache):
+            def attend(q, k, v, k_cache=k_cache, v_cache=v_cache, layout=layout, rows=rows, slots=slots):
                 k_cache[rows, slots] = k.to(k_cache.dtype)
                 v_cache[rows, slots] = v.to(v_cache.dtype)
                 return cached_attention(q, k_cache, v_cache, layout)
 
             x = layer(x, rope, route, attend)
-        return route(x, self.norm, self.norm_moe_gen)
+        dev = self.norm.weight.device
+        return route.to(dev)(x.to(dev), self.norm, self.norm_moe_gen)
 
 
 class Qwen2MoTForCausalLM(nn.Module):
