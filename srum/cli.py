@@ -71,6 +71,8 @@ def cmd_init_tiny(args) -> int:
 
 def cmd_understand(args) -> int:
     from PIL import Image
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
     model = _load(args)
     images = [Image.open(p) for p in args.image]
     print(model.understand(images, args.prompt, think=args.think, max_new_tokens=args.max_new_tokens,

@@ -50,8 +50,9 @@ NO_SPLIT_MODULES = ["MoTDecoderLayer", "SiglipEncoderLayer", "AutoEncoder"]
 class WeightFiles:
     """Key -> file lookup over a single safetensors file or an index of shards."""
 
-    def __init__(self, files: dict[str, Path]):
+    def __init__(self, files: dict[str, Path], source: Path):
         self.files = files
+        self.source = source  # the file or index the keys came from, for error messages
         self._shapes: dict[str, tuple[int, ...]] = {}
         for path in sorted(set(files.values())):
             try:
@@ -74,13 +75,13 @@ class WeightFiles:
                     keys = list(f.keys())
             except Exception as err:
                 raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
-            return cls({k: path for k in keys})
+            return cls({k: path for k in keys}, path)
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({err})") from err
-            return cls({k: path.parent / v for k, v in weight_map.items()})
+            return cls({k: path.parent / v for k, v in weight_map.items()}, index)
         raise CheckpointError(f"{path}: file not found")
 
     @property
@@ -160,16 +161,23 @@ def _device_for(key: str, device_map: dict[str, str | int] | None, default: torc
 def load_state_into(model: Bagel, weights: WeightFiles, ae: WeightFiles, dtype: torch.dtype, device: torch.device,
                     device_map: dict | None = None) -> None:
     """Strictly load both weight files into a meta-device ``model``."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model_state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in model_state.items()}
     provided = {k: (weights, k, s) for k, s in weights.shapes.items()}
-    provided.update({VAE_PREFIX + k: (ae, k, s) for k, s in ae.shapes.items()})
+    for k, s in ae.shapes.items():
+        if VAE_PREFIX + k in provided:
+            raise CheckpointError(f"{weights.files[VAE_PREFIX + k]}: tensor {VAE_PREFIX + k} duplicates {k} in {ae.files[k]}")
+        provided[VAE_PREFIX + k] = (ae, k, s)
     missing = sorted(set(expected) - set(provided))
     unexpected = sorted(set(provided) - set(expected))
     if missing or unexpected:
         def where(k):
             files, raw, _ = provided[k]
             return f"{files.files[raw]}: {raw}"
-        lines = [f"missing (model needs, files lack): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}" if missing else "",
+
+        def source(k):
+            return f"{(ae if k.startswith(VAE_PREFIX) else weights).source}: {k[len(VAE_PREFIX):] if k.startswith(VAE_PREFIX) else k}"
+        lines = [f"missing (model needs, files lack): {'; '.join(source(k) for k in missing[:8])}{' ...' if len(missing) > 8 else ''}" if missing else "",
                  f"unexpected (files hold, model lacks): {'; '.join(where(k) for k in unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}" if unexpected else ""]
         raise CheckpointError("checkpoint keys do not match the model: " + " | ".join(x for x in lines if x))
     for k, shape in expected.items():
@@ -188,6 +196,9 @@ def load_state_into(model: Bagel, weights: WeightFiles, ae: WeightFiles, dtype: 
                 if not torch.allclose(tensor.float(), fresh, atol=2e-2):
                     raise CheckpointError(f"{files.files[raw]}: {raw} is not the 2-D sin-cos table its shape implies")
                 tensor = fresh
+            if tensor.is_floating_point() != model_state[key].is_floating_point():
+                raise CheckpointError(f"{files.files[raw]}: tensor {raw} has dtype {tensor.dtype}, "
+                                      f"model expects a {'floating' if model_state[key].is_floating_point() else 'integer'} tensor")
             cast = tensor.to(dtype) if tensor.is_floating_point() else tensor
             _assign(model, key, cast.to(target))
 

@@ -234,11 +234,11 @@ class BagelInferenceMixin:
             ids = sorted({self.tokenizer.encode(s, add_special_tokens=False)[0] for s in spellings if s})
             _check(bool(ids), f"choices: answer {choice!r} has no tokens")
             token_groups.append(ids)
-        seen: dict[int, int] = {}
+        owner: dict[int, int] = {}
         for c, ids in enumerate(token_groups):
             for t in ids:
-                _check(t not in seen or seen[t] == c, f"choices: answers {choices[seen.get(t, c)]!r} and {choice!r} start with the same token")
-                seen[t] = c
+                _check(owner.setdefault(t, c) == c,
+                       f"choices: answers {choices[owner[t]]!r} and {choices[c]!r} start with the same token")
         cache = self._understanding_cache(per_row, prompts, False, think_system_prompt, 1)
         bos = torch.full((len(prompts),), self.special_tokens.bos, device=self.device)
         lengths = torch.ones(len(prompts), dtype=torch.long, device=self.device)

@@ -139,8 +139,9 @@ class Bagel(BagelInferenceMixin, nn.Module):
         latent tokens (flow-matching target eps - x0) and ``logits`` [Nl, vocab] at
         ``logits_index`` (None when not asked)."""
         hidden = self.config.llm.hidden_size
-        seq = self.embed_text(batch.text_ids).new_zeros((batch.sequence_length, hidden))
-        seq[batch.text_index] = self.embed_text(batch.text_ids)
+        text = self.embed_text(batch.text_ids)
+        seq = text.new_zeros((batch.sequence_length, hidden))
+        seq[batch.text_index] = text
         if batch.vit_patches is not None:
             seq[batch.vit_index] = self.embed_vit_patches(batch.vit_patches, batch.vit_position_ids, batch.vit_lengths).to(seq.dtype)
         is_gen = None
