@@ -203,9 +203,10 @@ def load_state_into(model: Bagel, weights: WeightFiles, ae: WeightFiles, dtype: 
             _assign(model, key, cast.to(target))
 
 
-def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
+def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None = None, weights: str = "auto") -> Path:
     """A local directory, or a hub repo id fetched with ``snapshot_download``
-    (``HF_HUB_OFFLINE=1`` makes that use the local cache only)."""
+    (``HF_HUB_OFFLINE=1`` makes that use the local cache only). Only the configs,
+    tokenizer, ``ae.safetensors`` and the chosen weights (ema by default) are fetched."""
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
         return path
@@ -213,7 +214,8 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None =
     if os.path.exists(text) or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"{text}: not a checkpoint directory (and not a hub repo id of the form owner/name)")
     from huggingface_hub import snapshot_download
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+    main_weights = "model*.safetensors" if weights == "model" else "ema*.safetensors"
+    patterns = ["*.json", "*.txt", AE_WEIGHTS, main_weights]
     try:
         return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
     except Exception as err:  # hub errors (offline, not found, auth) all end here
@@ -234,7 +236,7 @@ def load_model(path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | No
     ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU. ``device_map="auto"``
     (or an explicit {module prefix: device} dict) spreads the model over several GPUs
     with accelerate's planner; otherwise everything goes to ``device``."""
-    model_dir = resolve_model_dir(path_or_repo_id, revision)
+    model_dir = resolve_model_dir(path_or_repo_id, revision, weights)
     device = torch.device(device) if device is not None else default_device()
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
