@@ -75,7 +75,7 @@ def test_varlen_attention_isolates_sequences():
     torch.testing.assert_close(out[3:], _naive(q[3:], k[3:], v[3:], torch.ones(5, 5, dtype=torch.bool)), atol=1e-5, rtol=1e-5)
 
 
-def _t2i_sample(model, prompt, x_t, t, h, w):
+def _t2i_sample(model, prompt, h, w):
     """(split_lens, modes, text ids+index, latent index, positions) for [prompt][noised image] at offset 0."""
     st = model.special_tokens
     ids = encode_text(model.tokenizer, st, prompt)
@@ -101,7 +101,7 @@ def test_training_forward_matches_cached_inference(tiny_model):
     # one packed sequence holding both samples
     splits, modes, text_ids, text_index, latent_index, positions, offset = [], [], [], [], [], [], 0
     for prompt in prompts:
-        s, m, ti, tx, li, p = _t2i_sample(model, prompt, None, t, h, w)
+        s, m, ti, tx, li, p = _t2i_sample(model, prompt, h, w)
         splits.append(s); modes.append(m); text_ids += ti
         text_index += [i + offset for i in tx]; latent_index += [i + offset for i in li]; positions += p
         offset += sum(s)
@@ -164,3 +164,11 @@ def test_greedy_decode_matches_full_forward(tiny_model):
     assert predicted[:len(tokens)] == tokens
     if len(tokens) < 8:  # stopped early: the next prediction must be the end token
         assert predicted[len(tokens)] == st.eos
+
+    # choice probabilities read the same first-reply distribution, restricted to the choices
+    choices = ["0", "1", "2", "3"]
+    ids = [model.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
+    probs, mass = model.choice_probabilities(image, prompt, choices)
+    full = logits[0].softmax(-1)
+    torch.testing.assert_close(probs[0], full[ids] / full[ids].sum(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mass[0], full[ids].sum(), atol=1e-6, rtol=1e-4)

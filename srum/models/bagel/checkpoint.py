@@ -34,6 +34,7 @@ from torch import nn
 
 from .autoencoder import AutoEncoderParams
 from .config import BagelConfig, CheckpointError, LanguageModelConfig, VisionConfig, square_side
+from .layers import sincos_table_2d
 from .model import Bagel
 from .tokenizer import load_tokenizer
 
@@ -101,9 +102,9 @@ class WeightFiles:
 def find_weights(model_dir: Path, weights: str = "auto") -> Path:
     """The main weight file: ``ema.safetensors`` first (the published inference weights),
     else ``model.safetensors``; ``weights="ema"|"model"`` forces one."""
-    names = WEIGHT_NAMES if weights == "auto" else (f"{weights}.safetensors",)
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")
+    names = WEIGHT_NAMES if weights == "auto" else (f"{weights}.safetensors",)
     for name in names:
         p = model_dir / name
         if p.is_file() or Path(str(p) + ".index.json").is_file():
@@ -189,10 +190,7 @@ def load_state_into(model: Bagel, weights: WeightFiles, ae: WeightFiles, dtype: 
             key = prefix + raw
             target = _device_for(key, device_map, device)
             if key in SINCOS_TABLES:
-                table = getattr(model, key.split(".")[0])
-                fresh = torch.zeros(tensor.shape)
-                table.pos_embed = fresh  # replaced below; keeps the module off the meta device
-                table.reset_table()
+                fresh = sincos_table_2d(tensor.shape[1], square_side(tensor.shape[0], f"{files.files[raw]}: {raw}"))
                 if not torch.allclose(tensor.float(), fresh, atol=2e-2):
                     raise CheckpointError(f"{files.files[raw]}: {raw} is not the 2-D sin-cos table its shape implies")
                 tensor = fresh
@@ -273,9 +271,9 @@ def plan_device_map(model: Bagel, dtype: torch.dtype, max_memory: dict | None = 
     pinned = ("language_model.model.embed_tokens", "language_model.model.norm", "language_model.model.norm_moe_gen",
               "language_model.lm_head", "time_embedder", "vae2llm", "llm2vae", "latent_pos_embed", "connector",
               "vit_pos_embed", "vae", "vit_model")
-    # drop entries that cover a pinned module as a whole (accelerate may group them)
-    device_map = {k: v for k, v in device_map.items() if not any(p.startswith(k + ".") or p == k for p in pinned) or k == ""}
-    device_map.pop("", None)
+    # drop entries that contain a pinned module (accelerate may group them, or map "" = everything);
+    # modules left without an entry go to the default device
+    device_map = {k: v for k, v in device_map.items() if k and not any(p == k or p.startswith(k + ".") for p in pinned)}
     for name in pinned:
         device_map[name] = first
     return device_map
