@@ -1,0 +1,70 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Process-group set-up shared by every multi-process stage.
+
+Stages run alone (one process) or under ``torchrun`` (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` in the environment). :func:`init` starts the process group only when
+there is more than one process: NCCL when CUDA is available, gloo otherwise.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_info() -> DistInfo:
+    """Rank layout from torchrun's environment variables (1 process when absent)."""
+    def read(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        try:
+            return default if value in (None, "") else int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+    info = DistInfo(read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0))
+    if not 0 <= info.rank < info.world_size:
+        raise ValueError(f"RANK={info.rank} is outside WORLD_SIZE={info.world_size}")
+    return info
+
+
+def init(timeout_minutes: float = 60.0) -> DistInfo:
+    """Start the process group when launched with more than one process (idempotent)."""
+    info = env_info()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return info
+
+
+def local_device(info: DistInfo) -> torch.device:
+    """This process's accelerator: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU."""
+    return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
