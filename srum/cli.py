@@ -6,7 +6,9 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``init-tiny OUT_DIR``: write a random tiny Bagel in the BAGEL-7B-MoT layout;
 * ``understand MODEL IMAGE PROMPT``: answer a question about an image;
 * ``t2i MODEL PROMPT``: generate images from text;
-* ``demo``: build a tiny model, show understanding and generate an image.
+* ``demo``: build a tiny model, show understanding and generate an image;
+* ``generate`` / ``propose`` / ``judge``: the self-rewarding data stages (YAML + overrides);
+* ``records``: convert reward records to / from the reference's formatted schema.
 """
 from __future__ import annotations
 
@@ -155,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive_int, default=256, help="image side in pixels, multiple of 16 (default 256)")
     p.add_argument("--num-timesteps", type=_positive_int, default=20, help="flow-matching time points (default 20)")
     p.set_defaults(func=cmd_demo)
+
+    from srum.stages.cli import add_stage_parsers
+    add_stage_parsers(sub)
     return parser
 
 
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from srum.models.bagel.config import CheckpointError
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
         print(f"srum {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``srum generate | propose | judge | records``: argument parsing for the data stages.
+
+Every stage takes ``--config FILE.yaml`` and any number of dotted overrides
+(``out_dir=runs/x sampling.num_timesteps=30``); see TRAIN.md for every field."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _stage_parser(sub, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Example: {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (fields documented in TRAIN.md)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides applied on top of the config, values parsed as YAML")
+    return p
+
+
+def cmd_generate(args) -> int:
+    from srum.config import load_config
+    from .generate import GenerateConfig, run_generate
+    summary = run_generate(load_config(GenerateConfig, args.config, args.overrides))
+    return 0 if summary.get("complete", True) else 1
+
+
+def cmd_propose(args) -> int:
+    from srum.config import load_config
+    from .propose import ProposeStageConfig, run_propose
+    summary = run_propose(load_config(ProposeStageConfig, args.config, args.overrides))
+    return 0 if summary.get("complete", True) else 1
+
+
+def cmd_judge(args) -> int:
+    from srum.config import load_config
+    from .judge import JudgeStageConfig, run_judge
+    summary = run_judge(load_config(JudgeStageConfig, args.config, args.overrides))
+    return 0 if summary.get("complete", True) else 1
+
+
+def cmd_records(args) -> int:
+    from srum import records
+    fn = records.export_reference if args.action == "export-reference" else records.import_reference
+    counts = fn(args.src, args.dst)
+    print(json.dumps(counts))
+    return 0
+
+
+def add_stage_parsers(sub) -> None:
+    p = _stage_parser(sub, "generate", "stage 1: prompts -> candidate images with chain of thought",
+                      "srum generate --config configs/data/generate.yaml model.path=BAGEL-7B-MoT out_dir=runs/r1/generate")
+    p.set_defaults(func=cmd_generate)
+    p = _stage_parser(sub, "propose", "stage 2: images -> SAM regions filtered by the model's own understanding",
+                      "srum propose --config configs/data/propose.yaml images=runs/r1/generate/manifest.jsonl")
+    p.set_defaults(func=cmd_propose)
+    p = _stage_parser(sub, "judge", "stage 3: images + regions -> global and local self-judgment reward records",
+                      "srum judge --config configs/data/judge.yaml regions=runs/r1/propose/regions.jsonl")
+    p.set_defaults(func=cmd_judge)
+    p = sub.add_parser("records", help="convert reward records to / from the reference's formatted schema")
+    p.add_argument("action", choices=["export-reference", "import-reference"],
+                   help="export-reference: our rewards.jsonl -> reference JSONL; import-reference: the reverse")
+    p.add_argument("src", help="input JSONL")
+    p.add_argument("dst", help="output JSONL (written atomically)")
+    p.set_defaults(func=cmd_records)

@@ -1,0 +1,180 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Pieces every per-item stage shares: the model section of a config, reading an image
+manifest, and the run loop (shard -> skip done -> process in batches -> append rows ->
+merge on rank 0)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from srum import distributed
+from srum.config import dump_config
+from srum.distributed import DistInfo
+
+from .shards import ERROR_KEY, ShardedOutput, iter_jsonl
+
+
+@dataclass
+class ModelConfig:
+    """Which Bagel to load. ``path``: a BAGEL-7B-MoT directory or a hub id.
+    ``dtype``: float32 / bfloat16 / float16 (default bfloat16 on CUDA, float32 on CPU).
+    ``device_map: auto`` spreads one process's model over all its visible GPUs
+    (single-process runs only; under torchrun each process uses cuda:LOCAL_RANK).
+    ``weights``: auto (ema.safetensors, else model.safetensors, else a sharded index) or a
+    file name."""
+
+    path: str
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    device_map: Literal["auto"] | None = None
+    weights: str = "auto"
+
+
+def load_stage_model(cfg: ModelConfig, info: DistInfo):
+    import srum
+    if cfg.device_map is not None and info.enabled:
+        raise ValueError("model.device_map=auto cannot be combined with torchrun (one GPU per process); "
+                         "launch a single process to spread one model over several GPUs")
+    device = distributed.local_device(info)
+    return srum.load_model(cfg.path, dtype=cfg.dtype, device=device if cfg.device_map is None else None,
+                           device_map=cfg.device_map, weights=cfg.weights)
+
+
+@dataclass
+class ImageItem:
+    """One image listed in a manifest (generation, proposal or reward JSONL)."""
+
+    image_id: str
+    image_path: Path          # absolute
+    prompt: str
+    prompt_id: str | None
+    sample_index: int | None
+    category: str | None
+    row: dict                 # the manifest row as read
+    source: str               # "file:line"
+
+
+def _image_id_from(row: dict, image_file: str) -> str:
+    if isinstance(row.get("image_id"), str):
+        return row["image_id"]
+    return Path(image_file).stem
+
+
+def read_image_manifest(path: str | os.PathLike) -> tuple[list[ImageItem], list[str]]:
+    """Read a JSONL of images: our generation / proposal / reward rows, or the reference's
+    ``output.jsonl`` (``prompt_id``, ``image_file``, ``original_prompt``). Relative image
+    paths are resolved against the manifest's directory. Returns ``(items, errors)``; bad
+    lines (invalid JSON, no image file, no prompt, duplicate image id) are skipped and
+    listed as ``file:line: reason``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    items, errors, seen = [], [], {}
+    for n, row, err in iter_jsonl(path):
+        if err:
+            errors.append(err)
+            continue
+        where = f"{path}:{n}"
+        if ERROR_KEY in row:
+            continue
+        image_file = row.get("image_file")
+        prompt = row.get("prompt", row.get("original_prompt"))
+        if not isinstance(image_file, str) or not image_file:
+            errors.append(f"{where}: no 'image_file'")
+            continue
+        if not isinstance(prompt, str) or not prompt.strip():
+            errors.append(f"{where}: no prompt text ('prompt' or 'original_prompt')")
+            continue
+        image_id = _image_id_from(row, image_file)
+        if image_id in seen:
+            errors.append(f"{where}: duplicate image id {image_id!r} (first at {seen[image_id]})")
+            continue
+        seen[image_id] = where
+        image_path = Path(image_file) if os.path.isabs(image_file) else (path.parent / image_file)
+        prompt_id = row.get("prompt_id")
+        items.append(ImageItem(image_id, image_path.resolve(), prompt.strip(),
+                               str(prompt_id) if prompt_id is not None else None,
+                               row.get("sample_index") if isinstance(row.get("sample_index"), int) else None,
+                               row.get("category"), row, where))
+    return items, errors
+
+
+def open_image(item: ImageItem):
+    """Open an item's image fully (so a truncated file fails here, with the item named)."""
+    from PIL import Image, UnidentifiedImageError
+    if not item.image_path.is_file():
+        raise FileNotFoundError(f"{item.source}: image not found: {item.image_path}")
+    try:
+        with Image.open(item.image_path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{item.source}: cannot read image {item.image_path}: {err}") from None
+
+
+def relative_to(path: Path, directory: Path) -> str:
+    """``path`` written relative to ``directory`` (how our JSONL files reference images)."""
+    return os.path.relpath(Path(path).resolve(), Path(directory).resolve())
+
+
+def error_row(key_field: str, key: str, message: str) -> dict:
+    return {key_field: key, ERROR_KEY: message}
+
+
+def log(info: DistInfo, message: str) -> None:
+    if info.is_main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]], *, batch_size: int,
+              info: DistInfo, config, retry_errors: bool = False, summarize: Callable[[list[dict]], dict] | None = None,
+              input_errors: Sequence[str] = ()) -> dict:
+    """The loop shared by generate / propose / judge.
+
+    ``process_batch(indices)`` gets indices into ``out.keys`` and returns one row per
+    index (a result row, or :func:`error_row` for an item that failed on bad input).
+    Returns the summary written to ``summary.json``."""
+    started = time.time()
+    if out.is_complete() and not retry_errors:
+        summary = json.loads(out.summary_path.read_text())
+        log(info, f"srum {name}: {out.out_dir} is complete ({summary['num_ok']} rows, "
+                  f"{summary['num_errors']} errors); nothing to do")
+        return summary
+    if info.is_main:
+        out.out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, out.out_dir / "config.yaml")
+    todo = out.my_todo(retry_errors)
+    total_done = len(out.keys) - len(out.done_keys(retry_errors))
+    log(info, f"srum {name}: {len(out.keys)} items, {total_done} to do over {info.world_size} process(es)")
+    if todo:
+        from tqdm import tqdm
+        writer = out.writer()
+        bar = tqdm(total=len(todo), desc=f"{name} (rank {info.rank})", disable=not info.is_main, dynamic_ncols=True)
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                for row in process_batch(batch):
+                    writer.write(row)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            writer.close()
+    distributed.barrier()
+    summary = {}
+    if info.is_main:
+        extra = {"input_errors": list(input_errors)[:100], "num_input_errors": len(input_errors)}
+        result = out.merge(extra, started, summarize)
+        for line in result.bad_lines[:20]:
+            log(info, f"srum {name}: ignored {line}")
+        summary = json.loads(out.summary_path.read_text())
+        log(info, f"srum {name}: {summary['num_ok']} ok, {summary['num_errors']} failed"
+                  f"{', ' + str(summary['num_missing']) + ' missing' if summary['num_missing'] else ''}"
+                  f" -> {out.manifest_path}")
+        for err in result.errors[:20]:
+            log(info, f"srum {name}: failed {err.get(out.key_field)}: {err[ERROR_KEY]}")
+    distributed.barrier()
+    return summary

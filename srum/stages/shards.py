@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Sharded, resumable output of a per-item stage (generate, propose, judge, eval).
+
+A stage maps a list of work items, each with a unique key, to one JSON row per item.
+Output directory layout::
+
+    <out>/parts/rank-00000.jsonl   rows appended by process 0 (flushed + fsync'ed per row)
+    <out>/parts/rank-00001.jsonl   ... one file per process
+    <out>/<manifest>.jsonl         the merged result: one row per item, in input order
+    <out>/errors.jsonl             items that failed, with the reason (merged)
+    <out>/summary.json             counts, timing, complete flag
+
+Process r of W takes items ``r, r + W, r + 2W, ...`` of the full item list (a
+deterministic shard that does not depend on what is already done), skips every item
+whose key appears in any part file, and appends a row when an item is finished. The
+row is written after the item's files (written atomically by the stage), so a row
+always points at complete files. A process killed mid-row leaves a truncated last
+line: it is ignored on reading and cut off before the next append, so a rerun redoes
+that item once. Merging reads every part, keeps the first row per key, and replaces
+the manifest atomically; rerunning with another world size works the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from srum.distributed import DistInfo
+
+ERROR_KEY = "_error"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_image(image, path: Path) -> None:
+    """Save a PIL image atomically (a kill never leaves a half-written PNG under its name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield ``(line number, object or None, error or None)``; blank lines skipped."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            truncated = not line.endswith("\n")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                reason = "truncated last line (interrupted write)" if truncated else f"not valid JSON ({err.msg})"
+                yield n, None, f"{path}:{n}: {reason}"
+                continue
+            if not isinstance(obj, dict):
+                yield n, None, f"{path}:{n}: expected a JSON object"
+                continue
+            yield n, obj, None
+
+
+class PartWriter:
+    """Append-only JSONL part of one process; every row is flushed and fsync'ed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._file = open(path, "a", encoding="utf-8")
+
+    def _repair(self) -> None:
+        # A kill -9 mid-row leaves a partial last line; cut it so the next row starts clean.
+        if not self.path.exists():
+            return
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, row: dict) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class MergeResult:
+    rows: list[dict]
+    errors: list[dict]
+    missing: list[str]
+    duplicates: int = 0
+    bad_lines: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+class ShardedOutput:
+    """Resumable per-item output of one stage in ``out_dir`` (see the module docstring)."""
+
+    def __init__(self, out_dir: str | os.PathLike, keys: list[str], info: DistInfo, manifest_name: str = "manifest.jsonl",
+                 key_field: str = "image_id"):
+        if len(set(keys)) != len(keys):
+            raise ValueError("work item keys must be unique")
+        self.out_dir = Path(out_dir)
+        self.keys = keys
+        self.info = info
+        self.key_field = key_field
+        self.manifest_path = self.out_dir / manifest_name
+        self.parts_dir = self.out_dir / "parts"
+        self.errors_path = self.out_dir / "errors.jsonl"
+        self.summary_path = self.out_dir / "summary.json"
+
+    # ------------------------------------------------------------------ reading
+    def _part_files(self) -> list[Path]:
+        return sorted(self.parts_dir.glob("rank-*.jsonl")) if self.parts_dir.is_dir() else []
+
+    def _read_rows(self) -> tuple[dict[str, dict], int, list[str]]:
+        """All finished rows (parts, then the merged manifest and errors), first per key."""
+        rows: dict[str, dict] = {}
+        duplicates, bad = 0, []
+        sources = self._part_files() + [p for p in (self.manifest_path, self.errors_path) if p.exists()]
+        for path in sources:
+            for _, obj, err in iter_jsonl(path):
+                if err:
+                    bad.append(err)
+                    continue
+                key = obj.get(self.key_field)
+                if not isinstance(key, str):
+                    bad.append(f"{path}: row without a string {self.key_field!r}")
+                    continue
+                if key in rows:
+                    # a successful retry replaces an earlier recorded error for the same item
+                    if ERROR_KEY in rows[key] and ERROR_KEY not in obj:
+                        rows[key] = obj
+                    elif path.parent == self.parts_dir and ERROR_KEY not in obj:
+                        duplicates += 1
+                    continue
+                rows[key] = obj
+        return rows, duplicates, bad
+
+    def done_keys(self, retry_errors: bool = False) -> set[str]:
+        rows, _, _ = self._read_rows()
+        return {k for k, r in rows.items() if not (retry_errors and ERROR_KEY in r)}
+
+    def is_complete(self) -> bool:
+        """True when the merged manifest (plus recorded errors) covers every key."""
+        if not self.summary_path.exists() or not self.manifest_path.exists():
+            return False
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except json.JSONDecodeError:
+            return False
+        return bool(summary.get("complete")) and summary.get("num_items") == len(self.keys)
+
+    # ------------------------------------------------------------------ writing
+    def my_todo(self, retry_errors: bool = False) -> list[int]:
+        """Indices (into ``keys``) this process still has to do."""
+        done = self.done_keys(retry_errors)
+        return [i for i in range(self.info.rank, len(self.keys), self.info.world_size) if self.keys[i] not in done]
+
+    def writer(self) -> PartWriter:
+        return PartWriter(self.parts_dir / f"rank-{self.info.rank:05d}.jsonl")
+
+    def merge(self, extra_summary: dict | None = None, started: float | None = None,
+              summarize: Callable[[list[dict]], dict] | None = None) -> MergeResult:
+        """Combine all parts into the manifest and errors files (call on one process only)."""
+        rows, duplicates, bad = self._read_rows()
+        ok, errors, missing = [], [], []
+        for key in self.keys:
+            row = rows.get(key)
+            if row is None:
+                missing.append(key)
+            elif ERROR_KEY in row:
+                errors.append(row)
+            else:
+                ok.append(row)
+        atomic_write_text(self.manifest_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ok))
+        atomic_write_text(self.errors_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
+        result = MergeResult(ok, errors, missing, duplicates, bad)
+        summary = {"num_items": len(self.keys), "num_ok": len(ok), "num_errors": len(errors),
+                   "num_missing": len(missing), "complete": result.complete, "world_size": self.info.world_size,
+                   "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if started is not None:
+            summary["seconds"] = round(time.time() - started, 3)
+        summary.update(extra_summary or {})
+        if summarize is not None:
+            summary.update(summarize(ok))
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        return result
