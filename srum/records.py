@@ -391,10 +391,15 @@ def read_records(path: str | os.PathLike, *, on_error: Literal["skip", "raise"] 
             raise RecordError(message)
         errors.append(message)
 
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         lines = handle.readlines()
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(lines, start=1):
         where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            fail(f"{where}: not valid UTF-8 ({err.reason} at byte {err.start})")
+            continue
         if not line.strip():
             continue
         try:
