@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Candidate regions for the local judgment: SAM proposals -> cleanup -> self-grounding.
+
+``propose_for_image`` chains the three steps for one image; the ``srum propose`` stage
+runs it over a generation manifest. Each step lives in its own module:
+:mod:`.sam` (mask generator), :mod:`.cleanup` (size / duplicate / containment / top-k
+rules), :mod:`.grounding` (the model's own yes/no relevance filter).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import PIL.Image
+
+from .cleanup import CleanupConfig, clean_regions
+from .grounding import DEFAULT_QUESTION, GroundingConfig, ground_regions, select_kept
+from .sam import SamConfig, build_mask_generator, build_sam, propose_regions, write_tiny_sam
+
+__all__ = ["CleanupConfig", "DEFAULT_QUESTION", "GroundingConfig", "ProposalConfig", "SamConfig",
+           "build_mask_generator", "build_sam", "clean_regions", "ground_regions",
+           "propose_for_image", "propose_regions", "select_kept", "write_tiny_sam"]
+
+@dataclass
+class ProposalConfig:
+    """``proposals:`` section of the ``srum propose`` config."""
+
+    sam: SamConfig = field(default_factory=SamConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+
+
+def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model,
+                      cfg: ProposalConfig) -> tuple[list[dict], dict]:
+    """SAM -> cleanup -> grounding for one image.
+
+    Returns ``(regions, stats)``. ``regions``: every region that survived cleanup, kept
+    ones first, then those the grounding filter rejected, each group largest first;
+    ``region_id`` = position in this list. Each has ``region_id``, ``bbox``, ``mask``,
+    ``area``, ``predicted_iou``, ``stability_score`` and ``grounding`` (``{"p_relevant",
+    "mass", "kept"}``, or ``None`` when the filter is disabled: then all are kept).
+    ``stats``: ``{"sam_masks", "cleanup": {...}, "grounding": {...}, "regions", "kept"}``.
+    ``model`` may be None when ``cfg.grounding.enabled`` is false."""
+    proposed = propose_regions(image, mask_generator)
+    cleaned, cleanup_counts = clean_regions(proposed, image.size, cfg.cleanup)
+    grounded, grounding_stats = ground_regions(model, image, prompt, cleaned, cfg.grounding)
+
+    def is_kept(region: dict) -> bool:
+        return region["grounding"] is None or region["grounding"]["kept"]
+
+    # kept first; sorted() is stable, so each group stays largest first
+    ordered = sorted(grounded, key=lambda r: not is_kept(r))
+    regions = []
+    for region_id, region in enumerate(ordered):
+        # region_id first so that records read naturally
+        regions.append({"region_id": region_id, **{k: v for k, v in region.items() if k != "region_id"}})
+    kept = sum(is_kept(r) for r in regions)
+    stats = {"sam_masks": len(proposed), "cleanup": cleanup_counts, "grounding": grounding_stats,
+             "regions": len(regions), "kept": kept}
+    return regions, stats

@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stage 3, ``srum judge``: images + regions -> reward records (``rewards.jsonl``).
+
+Input: ``srum propose``'s ``regions.jsonl`` (or any image manifest: then only the global
+judgment is made). Output: one ``srum.reward.v1`` record per image (schema in TRAIN.md),
+validated before it is written. A region whose box is unusable (NaN, negative, inverted,
+out of frame) is left out of the record and listed under ``skipped_regions`` with the
+reason; an unreadable image becomes an entry in ``errors.jsonl``. Sampled retries of
+the text mode use a generator seeded from (seed, image id), so reruns and other world
+sizes give the same records.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from srum import distributed
+from srum.judge.backends import load_judge_backend
+from srum.judge.scoring import JudgeConfig, judge_image
+from srum.records import SCHEMA, RecordError, validate_record
+
+from .common import ModelConfig, error_row, load_stage_model, log, open_image, read_image_manifest, relative_to, run_items
+from .generate import image_seed
+from .shards import ShardedOutput
+
+
+@dataclass
+class JudgeStageConfig:
+    regions: str                             # regions.jsonl from `srum propose` (or an image manifest)
+    out_dir: str
+    model: ModelConfig | None = None         # the UMM judging itself (backend "self")
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    seed: int = 0                            # base seed of the sampled retries
+    retry_errors: bool = False               # redo images recorded as failed
+
+    def __post_init__(self):
+        if self.judge.backend == "self" and self.model is None:
+            raise ValueError("model.path is required for judge.backend=self (the model judges its own images)")
+
+
+def region_problem(region, width: int, height: int) -> str | None:
+    """Why a region from the input cannot be judged (None when it is fine)."""
+    if not isinstance(region, dict):
+        return "not an object"
+    box = region.get("bbox")
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        return f"bbox must be [x1, y1, x2, y2], got {box!r}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        return f"bbox has a non-finite or non-numeric value: {box!r}"
+    x1, y1, x2, y2 = box
+    if min(box) < 0:
+        return f"bbox has a negative coordinate: {list(box)}"
+    if x2 <= x1 or y2 <= y1:
+        return f"bbox is empty or inverted: {list(box)}"
+    if x2 > width + 1 or y2 > height + 1:
+        return f"bbox {list(box)} lies outside the {width}x{height} image"
+    return None
+
+
+def run_judge(cfg: JudgeStageConfig) -> dict:
+    info = distributed.init()
+    items, input_errors = read_image_manifest(cfg.regions)
+    for err in input_errors[:20]:
+        log(info, f"srum judge: skipped {err}")
+    if not items:
+        raise ValueError(f"{cfg.regions}: no usable image rows")
+    out_dir = Path(cfg.out_dir)
+    out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name="rewards.jsonl")
+    state: dict = {}
+    judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
+                  "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
+
+    def process(indices: list[int]) -> list[dict]:
+        if "backend" not in state:
+            model = load_stage_model(cfg.model, info) if cfg.judge.backend == "self" else None
+            state["backend"] = load_judge_backend(cfg.judge, model)
+        rows = []
+        for i in indices:
+            item = items[i]
+            try:
+                image = open_image(item)
+            except (FileNotFoundError, ValueError) as err:
+                rows.append(error_row("image_id", item.image_id, str(err)))
+                continue
+            regions, skipped = [], []
+            raw_regions = item.row.get("regions") or []
+            if not isinstance(raw_regions, list):
+                rows.append(error_row("image_id", item.image_id, f"{item.source}: 'regions' must be a list"))
+                continue
+            for k, region in enumerate(raw_regions):
+                problem = region_problem(region, image.width, image.height)
+                if problem:
+                    skipped.append({"index": k, "reason": f"{item.source}: region {k}: {problem}"})
+                    continue
+                region = {**region, "bbox": [float(min(max(v, 0), lim)) for v, lim in
+                                             zip(region["bbox"], (image.width, image.height) * 2)]}
+                region.setdefault("region_id", k)
+                regions.append(region)
+            generator = torch.Generator().manual_seed(image_seed(cfg.seed, item.image_id, 0))
+            global_entry, region_entries = judge_image(state["backend"], image, item.prompt, regions, cfg.judge, generator)
+            record = {"schema": SCHEMA, "image_id": item.image_id, "prompt_id": item.prompt_id,
+                      "sample_index": item.sample_index, "image_file": relative_to(item.image_path, out_dir),
+                      "reference_image_file": None, "prompt": item.prompt, "category": item.category,
+                      "width": image.width, "height": image.height, "global": global_entry,
+                      "regions": [_region_record(r) for r in region_entries], "judge": judge_info,
+                      "skipped_regions": skipped}
+            try:
+                rows.append(validate_record(record, item.source))
+            except RecordError as err:
+                rows.append(error_row("image_id", item.image_id, f"invalid record: {err}"))
+        return rows
+
+    return run_items("judge", out, process, batch_size=1, info=info, config=cfg, retry_errors=cfg.retry_errors,
+                     summarize=summarize_rewards, input_errors=input_errors)
+
+
+_REGION_KEYS = ("region_id", "bbox", "mask", "label", "score", "reason", "status", "method", "grounding", "detail")
+
+
+def _region_record(entry: dict) -> dict:
+    """A judged region in the record shape; SAM's own numbers move under ``detail.proposal``."""
+    out = {k: entry.get(k) for k in _REGION_KEYS}
+    out["detail"] = dict(entry.get("detail") or {})
+    extra = {k: v for k, v in entry.items() if k not in _REGION_KEYS}
+    if extra:
+        out["detail"]["proposal"] = extra
+    return out
+
+
+def summarize_rewards(records: list[dict]) -> dict:
+    """Counts of a reward file: global ok / failed, regions judged ok / failed / not asked."""
+    def not_asked(r):
+        return bool((r.get("detail") or {}).get("skipped"))
+    g_ok = [r["global"]["score"] for r in records if r["global"]["status"] == "ok"]
+    regions = [x for r in records for x in r["regions"]]
+    r_ok = [x["score"] for x in regions if x["status"] == "ok"]
+    return {
+        "global_ok": len(g_ok), "global_failed": sum(r["global"]["status"] == "failed" for r in records),
+        "global_mean": sum(g_ok) / len(g_ok) if g_ok else None,
+        "regions_ok": len(r_ok), "regions_failed": sum(x["status"] == "failed" and not not_asked(x) for x in regions),
+        "regions_not_asked": sum(not_asked(x) for x in regions),
+        "regions_mean": sum(r_ok) / len(r_ok) if r_ok else None,
+        "regions_skipped_bad_input": sum(len(r.get("skipped_regions", [])) for r in records),
+    }

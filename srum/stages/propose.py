@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Stage 2, ``srum propose``: images -> candidate regions (SAM -> cleanup -> the model's
+own yes/no relevance filter).
+
+Input: a generation manifest (``srum generate``'s ``manifest.jsonl`` or the reference's
+``output.jsonl``). Output ``regions.jsonl``, one row per image::
+
+    {"image_id", "prompt_id", "sample_index", "image_file" (relative to the output
+     directory), "prompt", "category", "width", "height",
+     "regions": [{"region_id", "bbox": [x1, y1, x2, y2] (pixels), "mask": COCO RLE,
+                  "area", "predicted_iou", "stability_score",
+                  "grounding": {"p_relevant", "mass", "kept"} | null}, ...],
+     "stats": {"sam_masks", "cleanup": {...}, "grounding": {...}, "regions", "kept"}}
+
+Regions rejected by the grounding filter stay in the row with ``grounding.kept = false``
+(the judge skips them; the report shows them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srum import distributed
+from srum.proposals import ProposalConfig, build_mask_generator, propose_for_image
+
+from .common import (ModelConfig, error_row, load_stage_model, log, open_image, read_image_manifest, relative_to,
+                     run_items)
+from .shards import ShardedOutput
+
+
+@dataclass
+class ProposeStageConfig:
+    images: str                            # generation manifest (JSONL)
+    out_dir: str
+    model: ModelConfig | None = None       # the UMM that grounds regions (needed when grounding is on)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    retry_errors: bool = False             # redo images recorded as failed
+
+    def __post_init__(self):
+        if self.proposals.grounding.enabled and self.model is None:
+            raise ValueError("model.path is required while proposals.grounding.enabled is true "
+                             "(the model filters its own regions); set proposals.grounding.enabled=false to skip")
+
+
+def run_propose(cfg: ProposeStageConfig) -> dict:
+    info = distributed.init()
+    items, input_errors = read_image_manifest(cfg.images)
+    for err in input_errors[:20]:
+        log(info, f"srum propose: skipped {err}")
+    if not items:
+        raise ValueError(f"{cfg.images}: no usable image rows")
+    out_dir = Path(cfg.out_dir)
+    out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name="regions.jsonl")
+    state: dict = {}
+
+    def process(indices: list[int]) -> list[dict]:
+        if "sam" not in state:
+            state["sam"] = build_mask_generator(cfg.proposals.sam, distributed.local_device(info))
+            state["model"] = load_stage_model(cfg.model, info) if cfg.proposals.grounding.enabled else None
+        rows = []
+        for i in indices:
+            item = items[i]
+            try:
+                image = open_image(item)
+            except (FileNotFoundError, ValueError) as err:
+                rows.append(error_row("image_id", item.image_id, str(err)))
+                continue
+            regions, stats = propose_for_image(image, item.prompt, state["sam"], state["model"], cfg.proposals)
+            rows.append({"image_id": item.image_id, "prompt_id": item.prompt_id, "sample_index": item.sample_index,
+                         "image_file": relative_to(item.image_path, out_dir), "prompt": item.prompt,
+                         "category": item.category, "width": image.width, "height": image.height,
+                         "regions": regions, "stats": stats})
+        return rows
+
+    def summarize(rows: list[dict]) -> dict:
+        n_regions = sum(len(r["regions"]) for r in rows)
+        n_kept = sum(r["stats"]["kept"] for r in rows)
+        return {"num_regions": n_regions, "num_regions_kept": n_kept,
+                "num_images_without_kept_region": sum(r["stats"]["kept"] == 0 for r in rows),
+                "num_sam_masks": sum(r["stats"]["sam_masks"] for r in rows)}
+
+    return run_items("propose", out, process, batch_size=1, info=info, config=cfg, retry_errors=cfg.retry_errors,
+                     summarize=summarize, input_errors=input_errors)

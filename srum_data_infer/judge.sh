@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# SRUM data stage: images + regions -> reward records.
+# Usage: srum_data_infer/judge.sh [--config configs/data/judge.yaml] [KEY=VALUE ...]
+# Multi-GPU / multi-node: set NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT
+# (see _launch.sh). Fields and outputs: TRAIN.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+srum_launch judge "$@"
