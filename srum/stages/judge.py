@@ -57,6 +57,8 @@ def region_problem(region, width: int, height: int) -> str | None:
         return f"bbox is empty or inverted: {list(box)}"
     if x2 > width + 1 or y2 > height + 1:
         return f"bbox {list(box)} lies outside the {width}x{height} image"
+    if min(x2, width) <= x1 or min(y2, height) <= y1:
+        return f"bbox {list(box)} is empty once clipped to the {width}x{height} image"
     return None
 
 
@@ -95,7 +97,8 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
                 if problem:
                     skipped.append({"index": k, "reason": f"{item.source}: region {k}: {problem}"})
                     continue
-                region = {**region, "bbox": [float(min(max(v, 0), lim)) for v, lim in
+                # up to 1 px over the edge is float noise from resizing: clip it
+                region = {**region, "bbox": [float(min(v, lim)) for v, lim in
                                              zip(region["bbox"], (image.width, image.height) * 2)]}
                 region.setdefault("region_id", k)
                 regions.append(region)
