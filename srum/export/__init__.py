@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Exports: training checkpoints -> BAGEL-7B-MoT weight directories, and generated data -> SFT parquet."""
