@@ -8,7 +8,8 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``t2i MODEL PROMPT``: generate images from text;
 * ``demo``: build a tiny model, show understanding and generate an image;
 * ``generate`` / ``propose`` / ``judge``: the self-rewarding data stages (YAML + overrides);
-* ``records``: convert reward records to / from the reference's formatted schema.
+* ``records``: convert reward records to / from the reference's formatted schema;
+* ``train``: the reward-weighted FSDP2 trainer (launch with torchrun).
 """
 from __future__ import annotations
 
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from srum.stages.cli import add_stage_parsers
     add_stage_parsers(sub)
+    from srum.training.main import add_parser as add_train_parser
+    add_train_parser(sub)
     return parser
 
 

@@ -219,8 +219,8 @@ class LoggingConfig:
 @dataclass
 class DebugConfig:
     """Fault injection for the tests of the fault handling; leave empty in real runs.
-    nonfinite_steps: steps whose loss is replaced by NaN. exit_after_step: hard-exit
-    (as a kill would) right after this step and its checkpoint."""
+    nonfinite_steps: step numbers (1-based, as logged) whose loss is replaced by NaN.
+    exit_after_step: hard-exit (as a kill would) right after this step and its checkpoint."""
 
     nonfinite_steps: list[int] = field(default_factory=list)
     exit_after_step: int | None = None
