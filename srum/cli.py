@@ -9,7 +9,8 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``demo``: build a tiny model, show understanding and generate an image;
 * ``generate`` / ``propose`` / ``judge``: the self-rewarding data stages (YAML + overrides);
 * ``records``: convert reward records to / from the reference's formatted schema;
-* ``train``: the reward-weighted FSDP2 trainer (launch with torchrun).
+* ``train``: the reward-weighted FSDP2 trainer (launch with torchrun);
+* ``export``: checkpoint -> BAGEL-7B-MoT directory, or generated data -> SFT parquet.
 """
 from __future__ import annotations
 
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_stage_parsers(sub)
     from srum.training.main import add_parser as add_train_parser
     add_train_parser(sub)
+    from srum.export.cli import add_export_parser
+    add_export_parser(sub)
     return parser
 
 

@@ -26,7 +26,8 @@ import torch
 import srum
 from helpers_train import write_reward_dataset
 from srum.config import ConfigError
-from srum.training.checkpointing import LATEST, export_weights, latest_checkpoint, read_checkpoint_tensors, remove_stale
+from srum.export.checkpoint import export_checkpoint
+from srum.training.checkpointing import LATEST, latest_checkpoint, read_checkpoint_tensors, remove_stale
 from srum.training.config import OptimConfig, load_train_config
 from srum.training.metrics import peak_flops
 from srum.training.trainer import lr_at
@@ -169,29 +170,46 @@ def test_too_many_nonfinite_steps_stop_the_run(runs):
     assert latest_checkpoint(runs["out"]["D"] / "checkpoints") is None
 
 
-def test_export_weights_loads_with_load_model(runs, tmp_path):
+def test_export_loads_with_load_model(runs, tmp_path):
+    """checkpoint -> published layout: trained tensors from the run, frozen ones bit-identical to the base."""
     ckpts, base_dir = runs["out"]["A"] / "checkpoints", runs["tiny_dir"]
     trained = read_checkpoint_tensors(ckpts / "step-000004")
-    out = export_weights(ckpts, base_dir, tmp_path / "model", weights="model", dtype=torch.float32)
-    assert (out / "model.safetensors").is_file() and not (out / "ema.safetensors").exists()
+    out = export_checkpoint(runs["out"]["A"], base_dir, tmp_path / "model", weights="model", dtype=torch.float32)
+    assert (out / "ema.safetensors").is_file() and (out / "README.md").is_file()
     model = srum.load_model(out, dtype=torch.float32, device="cpu")
     base = srum.load_model(base_dir, dtype=torch.float32, device="cpu")
     state, base_state = model.state_dict(), base.state_dict()
-    for k, v in trained.items():
-        torch.testing.assert_close(state[k], v, msg=k)
     gen = "language_model.model.layers.1.self_attn.q_proj_moe_gen.weight"
+    torch.testing.assert_close(state[gen], trained[gen])
     assert not torch.equal(state[gen], base_state[gen])
-    vit = "vit_model.vision_model.embeddings.patch_embedding.weight"
-    assert torch.equal(state[vit], base_state[vit])
-    assert all(torch.equal(state[k], base_state[k]) for k in state if k.startswith("vae."))
-    assert json.loads((out / "srum_export.json").read_text())["step"] == 4
+    frozen = [k for k in state if k.startswith(("vit_model.", "connector.", "vae.", "language_model.lm_head"))]
+    assert frozen and all(torch.equal(state[k], base_state[k]) for k in frozen)
+    meta = json.loads((out / "srum_export.json").read_text())
+    assert meta["step"] == 4 and meta["weights"] == "model" and meta["tensors_from_base"] > 0
+    assert "step | 4" in (out / "README.md").read_text()
 
-    ema_out = export_weights(ckpts / "step-000004", base_dir, tmp_path / "ema", weights="ema", max_shard_bytes=200_000)
+    ema_out = export_checkpoint(ckpts / "step-000004", base_dir, tmp_path / "ema", max_shard_bytes=200_000)
     assert (ema_out / "ema.safetensors.index.json").is_file()  # small shards force the sharded layout
+    assert json.loads((ema_out / "srum_export.json").read_text())["weights"] == "ema"  # auto: the run kept EMA
     ema_model = srum.load_model(ema_out, dtype=torch.float32, device="cpu")
     ema = read_checkpoint_tensors(ckpts / "step-000004", "ema")
     torch.testing.assert_close(ema_model.state_dict()[gen], ema[gen].to(torch.bfloat16).float())
+    vit = "vit_model.vision_model.embeddings.patch_embedding.weight"
     assert torch.equal(ema_model.state_dict()[vit], base_state[vit].to(torch.bfloat16).float())
+
+
+def test_export_refuses_a_mismatched_base(runs, tmp_path):
+    from safetensors.torch import load_file, save_file
+    other = tmp_path / "other-base"
+    shutil.copytree(runs["tiny_dir"], other)
+    weights = load_file(other / "ema.safetensors")
+    key = "time_embedder.mlp.0.weight" if "time_embedder.mlp.0.weight" in weights else sorted(weights)[0]
+    weights[key] = torch.zeros(weights[key].shape[0] + 1, *weights[key].shape[1:])
+    save_file(weights, other / "ema.safetensors")
+    with pytest.raises(srum.CheckpointError, match="has shape"):
+        export_checkpoint(runs["out"]["A"], other, tmp_path / "out")
+    with pytest.raises(ValueError, match="not over the base"):
+        export_checkpoint(runs["out"]["A"], runs["tiny_dir"], runs["tiny_dir"])
 
 
 def test_latest_survives_interrupted_saves(runs, tmp_path):

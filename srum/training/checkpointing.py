@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Training checkpoints with torch.distributed.checkpoint (DCP), and export of weights.
+"""Training checkpoints with torch.distributed.checkpoint (DCP).
 
 Layout under ``<output_dir>/checkpoints``::
 
@@ -18,9 +18,8 @@ directories are removed on the next start. Model, optimizer and EMA states are
 DTensors, so a checkpoint loads on any world size (DCP reshards). All ranks must see
 the same filesystem.
 
-:func:`export_weights` turns a checkpoint into a model directory in the published
-layout that :func:`srum.load_model` reads, without a process group and without loading
-the optimizer state.
+``srum export`` (:mod:`srum.export.checkpoint`) turns a checkpoint into a model
+directory in the published layout, reading the shards without a process group.
 """
 from __future__ import annotations
 
@@ -36,18 +35,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from ..models.bagel.checkpoint import AE_WEIGHTS, WEIGHT_NAMES, WeightFiles, find_weights, resolve_model_dir
 from ..models.bagel.config import CheckpointError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["STEP_PREFIX", "LATEST", "TRAIN_STATE", "step_dir_name", "list_checkpoints", "is_complete",
            "latest_checkpoint", "remove_stale", "save_checkpoint", "load_checkpoint", "read_checkpoint_tensors",
-           "export_weights"]
+           "checkpoint_metadata", "load_without_process_group"]
 
 STEP_PREFIX = "step-"
 TMP_SUFFIX = ".tmp"
@@ -209,7 +206,7 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, ema) -> dict:
         raise CheckpointError(f"{path}: not a complete training checkpoint "
                               f"(needs {DCP_METADATA} and {TRAIN_STATE})")
     state = _training_state(model, optimizer, ema)
-    saved = _metadata_keys(path)
+    saved = checkpoint_metadata(path)
     # Trainable parameters that never received a gradient (e.g. the understanding
     # expert's last MLP, whose output no loss reads) have no AdamW state in the saved
     # run; leave them without state here too instead of demanding it from the file.
@@ -232,11 +229,11 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, ema) -> dict:
     return train_state
 
 
-def _metadata_keys(path: Path) -> dict:
+def checkpoint_metadata(path: Path) -> dict:
     return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
 
 
-def _load_in_this_process(state: dict, path: Path) -> None:
+def load_without_process_group(state: dict, path: Path) -> None:
     """dcp.load without a process group (it warns that it assumes so: we mean it)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -250,108 +247,8 @@ def read_checkpoint_tensors(checkpoint_dir: str | os.PathLike, group: str = "mod
     path = Path(checkpoint_dir)
     prefix = group + "."
     state = {group: {k[len(prefix):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
-                     for k, m in _metadata_keys(path).items() if k.startswith(prefix) and hasattr(m, "size")}}
+                     for k, m in checkpoint_metadata(path).items() if k.startswith(prefix) and hasattr(m, "size")}}
     if not state[group]:
         raise CheckpointError(f"{path}: no {group!r} tensors in this checkpoint")
-    _load_in_this_process(state, path)
+    load_without_process_group(state, path)
     return state[group]
-
-
-# --------------------------------------------------------------------------- export
-
-def _copy_model_files(base: Path, out: Path) -> None:
-    """Configs, tokenizer and the VAE of the base model (everything but its weights)."""
-    for item in base.iterdir():
-        if item.name.startswith(tuple(n.split(".")[0] for n in WEIGHT_NAMES)) or item.is_dir():
-            continue  # ema*/model* weight files and shard indexes
-        shutil.copy2(item, out / item.name)
-
-
-def export_weights(checkpoint_dir: str | os.PathLike, base_model_dir: str | os.PathLike,
-                   out_dir: str | os.PathLike, weights: str = "model", dtype: torch.dtype = torch.bfloat16,
-                   max_shard_bytes: int = 5 * 2 ** 30) -> Path:
-    """Checkpoint -> model directory loadable by :func:`srum.load_model`.
-
-    ``weights="model"`` exports the trained parameters (what the reference's results
-    come from); ``"ema"`` the moving average for trainable parameters (frozen ones are
-    the trained state, equal to the base). Tensors are read from the DCP shards a
-    shard-file at a time (about ``max_shard_bytes`` of host memory), cast to ``dtype``
-    and written as ``model.safetensors`` / ``ema.safetensors`` (sharded with an index
-    beyond ``max_shard_bytes``). Configs, tokenizer and ``ae.safetensors`` are copied
-    from ``base_model_dir`` (the VAE is always frozen). Checks that every key of the
-    base weights is exported with the same shape."""
-    if weights not in ("model", "ema"):
-        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
-    ckpt = Path(checkpoint_dir)
-    if ckpt.is_dir() and not is_complete(ckpt):
-        latest = latest_checkpoint(ckpt)  # a checkpoints root was given
-        if latest is None:
-            raise CheckpointError(f"{ckpt}: no complete training checkpoint there")
-        ckpt = latest
-    if not ckpt.is_dir():
-        raise CheckpointError(f"{ckpt}: checkpoint directory not found")
-    base = resolve_model_dir(base_model_dir)
-    if Path(out_dir).resolve() == base.resolve():
-        raise ValueError(f"{out_dir}: export into a new directory, not over the base model")
-    base_weights = WeightFiles.open(find_weights(base))
-    metadata = _metadata_keys(ckpt)
-    source = {}
-    for key, shape in base_weights.shapes.items():
-        name = f"model.{key}"
-        if weights == "ema" and f"ema.{key}" in metadata:
-            name = f"ema.{key}"
-        meta = metadata.get(name)
-        if meta is None or not hasattr(meta, "size"):
-            raise CheckpointError(f"{ckpt}: tensor {key} of the base model {base} is not in the checkpoint")
-        if tuple(meta.size) != tuple(shape):
-            raise CheckpointError(f"{ckpt}: tensor {key} has shape {list(meta.size)}, base model has {list(shape)}")
-        source[key] = (name, meta)
-    if weights == "ema" and not any(k.startswith("ema.") for k in metadata):
-        raise CheckpointError(f"{ckpt}: the run kept no EMA (ema.enabled was false)")
-
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    shards, current, size = [], [], 0
-    for key in sorted(source):
-        nbytes = int(np.prod(source[key][1].size)) * itemsize
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(key)
-        size += nbytes
-    shards.append(current)
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "ema" if weights == "ema" else "model"
-    for stale in out.glob(f"{stem}*.safetensors*"):
-        stale.unlink()
-    weight_map, total = {}, 0
-    for i, keys in enumerate(shards):
-        state: dict = {}
-        for key in keys:
-            name, meta = source[key]
-            group, _, fqn = name.partition(".")
-            state.setdefault(group, {})[fqn] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-        _load_in_this_process(state, ckpt)
-        tensors = {}
-        for key in keys:
-            name, _ = source[key]
-            group, _, fqn = name.partition(".")
-            t = state[group][fqn]
-            tensors[key] = (t.to(dtype) if t.is_floating_point() else t).contiguous()
-            total += tensors[key].numel() * tensors[key].element_size()
-        file = f"{stem}.safetensors" if len(shards) == 1 else f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(tensors, out / file, metadata={"format": "pt"})
-        weight_map.update({k: file for k in keys})
-        del state, tensors
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    _copy_model_files(base, out)
-    if not (out / AE_WEIGHTS).is_file():
-        raise CheckpointError(f"{base}: no {AE_WEIGHTS} to copy")
-    train_state = json.loads((ckpt / TRAIN_STATE).read_text(encoding="utf-8"))
-    provenance = {"checkpoint": str(ckpt.resolve()), "step": train_state.get("step"), "weights": weights,
-                  "base_model": str(base), "dtype": str(dtype).replace("torch.", "")}
-    (out / "srum_export.json").write_text(json.dumps(provenance, indent=1) + "\n", encoding="utf-8")
-    return out
