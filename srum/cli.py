@@ -10,7 +10,8 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``generate`` / ``propose`` / ``judge``: the self-rewarding data stages (YAML + overrides);
 * ``records``: convert reward records to / from the reference's formatted schema;
 * ``train``: the reward-weighted FSDP2 trainer (launch with torchrun);
-* ``export``: checkpoint -> BAGEL-7B-MoT directory, or generated data -> SFT parquet.
+* ``export``: checkpoint -> BAGEL-7B-MoT directory, or generated data -> SFT parquet;
+* ``visualize``: pictures of regions, scores and reward maps, and an HTML run report.
 """
 from __future__ import annotations
 
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     from srum.export.cli import add_export_parser
     add_export_parser(sub)
+    from srum.visualize.cli import add_visualize_parser
+    add_visualize_parser(sub)
     return parser
 
 
