@@ -77,7 +77,15 @@ class PackedLayout:
 
 def _sdpa(q, k, v, mask):
     """q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], mask broadcastable to [B, Hq, Lq, Lk] (True = attend)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and mask is not None and q.is_cuda:
+        # CUDA's memory-efficient kernel takes a mask but not GQA; with enable_gqa SDPA would fall
+        # back to the math kernel, which materialises [Hq, Lq, Lk] scores (GBs per layer at 9k
+        # tokens). Repeating the K/V heads costs only Lk * Hq * D.
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        gqa = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 def varlen_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
