@@ -11,7 +11,8 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``records``: convert reward records to / from the reference's formatted schema;
 * ``train``: the reward-weighted FSDP2 trainer (launch with torchrun);
 * ``export``: checkpoint -> BAGEL-7B-MoT directory, or generated data -> SFT parquet;
-* ``visualize``: pictures of regions, scores and reward maps, and an HTML run report.
+* ``visualize``: pictures of regions, scores and reward maps, and an HTML run report;
+* ``eval``: T2I-CompBench generation, MLLM scoring, summaries and comparisons; GenEval images.
 """
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     from srum.visualize.cli import add_visualize_parser
     add_visualize_parser(sub)
+    from srum.evaluation.cli import add_eval_parser
+    add_eval_parser(sub)
     return parser
 
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from srum.models.bagel.config import CheckpointError
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:  # ConfigError is a ValueError
+    except (CheckpointError, ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"srum {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,14 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Benchmark evaluation: T2I-CompBench with an MLLM judge, GenEval image generation.
+
+* :mod:`srum.evaluation.compbench`: images for the T2I-CompBench val prompts in a
+  ``<category>/<id>[_<k>].png`` layout, and an export to the official
+  ``samples/<prompt>_<index>.png`` layout;
+* :mod:`srum.evaluation.scoring`: the 0-100 alignment rubric, its answer parser and the
+  sharded, resumable judge stage;
+* :mod:`srum.evaluation.summary`: per-category means, the reference overall formula,
+  CSV / JSON / markdown / bar chart, side-by-side comparison of runs;
+* :mod:`srum.evaluation.geneval`: images for GenEval's ``evaluation_metadata.jsonl`` in
+  the folder layout its detector-based scorer reads;
+* :mod:`srum.evaluation.cli`: ``srum eval ...``.
+"""

@@ -1,0 +1,145 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``srum eval ...``: argument parsing for the evaluations (wired into ``srum/cli.py``).
+
+* ``srum eval compbench STEP [--config FILE] [KEY=VALUE ...]``, STEP one of
+  ``generate`` (images), ``score`` (MLLM judge), ``summarize`` (tables, chart) or ``all``;
+* ``srum eval compare RUN ... --out DIR [--labels ...]``: runs side by side with deltas;
+* ``srum eval official-layout RUN_OR_MANIFEST --out DIR``: T2I-CompBench's own layout;
+* ``srum eval geneval-images [--config FILE] [KEY=VALUE ...]``: GenEval images.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+COMPBENCH_STEPS = ("generate", "score", "summarize", "all")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (fields documented in EVAL.md)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides applied on top of the config, values parsed as YAML")
+
+
+def _free_accelerator_memory() -> None:
+    """Drop the generator before the judge loads (both may not fit at once)."""
+    gc.collect()
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_compbench(step: str, cfg) -> int:
+    """Run one step (or all) of a CompBench evaluation; returns the exit code
+    (0 done, 1 incomplete: some items failed or are missing)."""
+    from srum import distributed
+
+    from .compbench import RunLayout, run_generate_images
+    from .scoring import run_score
+    from .summary import summarize_run
+
+    if step not in COMPBENCH_STEPS:
+        raise ValueError(f"step must be one of {COMPBENCH_STEPS}, got {step!r}")
+    layout = RunLayout(Path(cfg.out_dir))
+    complete = True  # summaries come back on rank 0 only ({} elsewhere)
+    if step in ("generate", "all"):
+        complete &= bool(run_generate_images(cfg).get("complete", True))
+        _free_accelerator_memory()
+    if step in ("score", "all"):
+        manifest = Path(cfg.images) if cfg.images else layout.images_manifest
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no image manifest; run the generate step first or set images=")
+        summary = run_score(manifest, layout.scores, cfg.judge, seed=cfg.seed, retry_errors=cfg.retry_errors,
+                            category=cfg.images_category, config=cfg)
+        complete &= bool(summary.get("complete", True))
+        _free_accelerator_memory()
+    if step in ("summarize", "all") and distributed.env_info().is_main:
+        summary = summarize_run(layout.root)
+        print(json.dumps({k: summary[k] for k in ("overall", "overall_8cat", "complex_composite", "num_scored",
+                                                  "num_failed")}))
+        print(f"srum eval compbench: wrote {layout.summary}/summary.md", file=sys.stderr)
+    return 0 if complete else 1
+
+
+def cmd_compbench(args) -> int:
+    from srum.config import load_config
+
+    from .compbench import CompBenchConfig
+    return run_compbench(args.step, load_config(CompBenchConfig, args.config, args.overrides))
+
+
+def cmd_compare(args) -> int:
+    from .summary import compare_runs
+    result = compare_runs(args.runs, args.out, args.labels)
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    return 0 if result["runs"] else 1
+
+
+def cmd_official_layout(args) -> int:
+    from .compbench import RunLayout, export_official_layout
+    source = Path(args.source)
+    manifest = RunLayout(source).images_manifest if source.is_dir() else source
+    counts = export_official_layout(manifest, args.out, args.mode)
+    print(json.dumps(counts))
+    return 0
+
+
+def cmd_geneval_images(args) -> int:
+    from srum.config import load_config
+
+    from .geneval import GenEvalConfig, run_geneval_images
+    summary = run_geneval_images(load_config(GenEvalConfig, args.config, args.overrides))
+    return 0 if summary.get("complete", True) else 1
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench (MLLM judge), GenEval images",
+                              description=__doc__, formatter_class=fmt)
+    sub = p.add_subparsers(dest="eval_command", required=True)
+
+    c = sub.add_parser("compbench", help="T2I-CompBench val prompts: generate, score with an MLLM judge, summarize",
+                       formatter_class=fmt,
+                       description="Example: srum eval compbench all --config configs/eval/compbench.yaml "
+                                   "model.path=/ckpt/BAGEL-7B-MoT out_dir=runs/eval/bagel")
+    # one sub-command per step, so that "--config FILE KEY=VALUE ..." parses after it
+    steps = c.add_subparsers(dest="step", required=True, metavar="STEP")
+    step_help = {"generate": "images for the val prompts into <out_dir>/images/<category>/",
+                 "score": "judge every image (0-100) into <out_dir>/scores/scores.jsonl",
+                 "summarize": "per-category means, overall, CSV/JSON/markdown/chart into <out_dir>/summary/",
+                 "all": "generate, score and summarize in one go"}
+    for step in COMPBENCH_STEPS:
+        s = steps.add_parser(step, help=step_help[step], formatter_class=fmt,
+                             description=f"{step_help[step]}. Example: srum eval compbench {step} "
+                                         "--config configs/eval/compbench.yaml out_dir=runs/eval/bagel")
+        _config_args(s)
+        s.set_defaults(func=cmd_compbench)
+
+    c = sub.add_parser("compare", help="put two or more runs side by side, deltas against the first",
+                       description="Example: srum eval compare runs/eval/bagel runs/eval/bagel_srum "
+                                   "--labels Bagel Bagel+SRUM --out runs/eval/compare", formatter_class=fmt)
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); first = base")
+    c.add_argument("--out", required=True, help="folder for compare.{md,json,csv,png}")
+    c.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
+    c.set_defaults(func=cmd_compare)
+
+    c = sub.add_parser("official-layout", help="link a run's images into T2I-CompBench's samples/ layout",
+                       description="Example: srum eval official-layout runs/eval/bagel --out runs/eval/bagel_official",
+                       formatter_class=fmt)
+    c.add_argument("source", help="a run directory (uses images/manifest.jsonl) or an image manifest")
+    c.add_argument("--out", required=True, help="output folder: <out>/<category>/samples/<prompt>_<index>.png")
+    c.add_argument("--mode", choices=["hardlink", "copy", "symlink"], default="hardlink",
+                   help="how files are placed (default hardlink, falling back to copy)")
+    c.set_defaults(func=cmd_official_layout)
+
+    c = sub.add_parser("geneval-images", help="images for GenEval's evaluation_metadata.jsonl in its folder layout",
+                       description="Example: srum eval geneval-images model.path=/ckpt/BAGEL-7B-MoT "
+                                   "metadata=geneval/prompts/evaluation_metadata.jsonl out_dir=runs/geneval/images",
+                       formatter_class=fmt)
+    _config_args(c)
+    c.set_defaults(func=cmd_geneval_images)
+    return p

@@ -1,0 +1,247 @@
+# SPDX-License-Identifier: Apache-2.0
+"""T2I-CompBench evaluation runs: configuration, image generation, official layout.
+
+A run directory (``out_dir``) holds the three steps of ``srum eval compbench``::
+
+    <out_dir>/images/<category>/<prompt id>[_<k>].png   generated images (step "generate")
+    <out_dir>/images/manifest.jsonl                     one row per image (+ parts/, errors, summary)
+    <out_dir>/scores/scores.jsonl                       one judge row per image (step "score")
+    <out_dir>/summary/{results.csv, summary.json, summary.md, scores.png}   (step "summarize")
+
+Prompts: the reference's ``val_comp.json`` (300 per category; ``complex_action`` and
+``complex_spatial`` are subsets of the complex prompts) or T2I-CompBench's own
+``<category>_val.txt`` files. Image ``k`` of prompt ``p`` is drawn from
+:func:`~srum.stages.generate.image_seed` ``(seed, p, k)``: the picture depends on the
+prompt, never on the rank or the number of processes.
+
+:func:`export_official_layout` links the images into T2I-CompBench's own layout
+(``<dir>/<category>/samples/<prompt>_<index:06d>.png``) so that its BLIP-VQA, UniDet and
+CLIP scripts can score them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from srum import distributed
+from srum.config import to_dict
+from srum.data.prompts import read_prompts
+from srum.stages.common import ModelConfig, error_row, load_stage_model, log, read_image_manifest, run_items
+from srum.stages.generate import SamplingConfig, detailed_prompt, image_id_for, image_seed
+from srum.stages.shards import ShardedOutput, atomic_save_image, atomic_write_text
+
+from .scoring import CompBenchJudgeConfig
+
+# The ten val categories of the reference JSON, in its order.
+COMPBENCH_CATEGORIES = ("3d_spatial", "color", "complex", "complex_action", "complex_spatial", "non-spatial",
+                        "numeracy", "shape", "spatial", "texture")
+_SAFE_CATEGORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+UNCATEGORIZED = "uncategorized"
+
+
+@dataclass
+class EvalSamplingConfig(SamplingConfig):
+    """Generation settings of an evaluation: the reference's settings, think off by default
+    (set ``think: true`` for the CoT variant)."""
+
+    think: bool = False
+
+
+@dataclass
+class CompBenchConfig:
+    """Everything ``srum eval compbench`` needs (fields documented in EVAL.md)."""
+
+    out_dir: str                                      # the run directory
+    model: ModelConfig | None = None                  # the Bagel to evaluate (step "generate")
+    prompts: list[str] = field(default_factory=lambda: ["data/prompts/val_comp.json"])
+    categories: list[str] | None = field(default_factory=lambda: list(COMPBENCH_CATEGORIES))
+    limit_per_category: int | None = None             # first N prompts of each category (quick runs)
+    num_images_per_prompt: int = 1
+    seed: int = 0                                     # base seed of image noise and judge retries
+    batch_size: int = 1                               # prompts per generation call on one process
+    retry_errors: bool = False                        # redo items recorded in errors.jsonl
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    judge: CompBenchJudgeConfig = field(default_factory=CompBenchJudgeConfig)
+    images: str | None = None                         # score this image manifest instead of the run's own
+    images_category: str | None = None               # category of manifest rows that have none
+
+    def __post_init__(self):
+        if self.num_images_per_prompt < 1 or self.batch_size < 1:
+            raise ValueError("num_images_per_prompt and batch_size must be >= 1")
+        if not self.prompts:
+            raise ValueError("prompts: give at least one prompt file")
+        for cat in (self.categories or []):
+            if not _SAFE_CATEGORY.match(cat):
+                raise ValueError(f"categories: {cat!r} cannot be a folder name")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where each step of a run reads and writes."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def images_manifest(self) -> Path:
+        return self.images / "manifest.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def scores_file(self) -> Path:
+        return self.scores / "scores.jsonl"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary"
+
+
+def category_folder(category: str | None) -> str:
+    """The folder of a category (prompts without one go to ``uncategorized``)."""
+    if category is None:
+        return UNCATEGORIZED
+    if not _SAFE_CATEGORY.match(category):
+        raise ValueError(f"category {category!r} cannot be a folder name")
+    return category
+
+
+# ------------------------------------------------------------------ generation
+def run_generate_images(cfg: CompBenchConfig) -> dict:
+    """Step "generate": one image per (prompt, k) into ``images/<category>/``; sharded
+    over torchrun processes and resumable. Returns the stage summary."""
+    if cfg.model is None:
+        raise ValueError("model.path is required to generate images")
+    info = distributed.init()
+    prompts, input_errors = read_prompts(cfg.prompts, cfg.categories, cfg.limit_per_category)
+    for err in input_errors[:20]:
+        log(info, f"srum eval generate: skipped {err}")
+    if not prompts:
+        raise ValueError(f"no usable prompts in {cfg.prompts} for categories {cfg.categories}")
+    n = cfg.num_images_per_prompt
+    jobs = [(p, k) for p in prompts for k in range(n)]
+    keys = [image_id_for(p.id, k, n) for p, k in jobs]
+    folders = {p.category: category_folder(p.category) for p in prompts}
+    layout = RunLayout(Path(cfg.out_dir))
+    out = ShardedOutput(layout.images, keys, info)
+    sampling = to_dict(cfg.sampling)
+    state: dict = {}
+
+    def process(indices: list[int]) -> list[dict]:
+        if "model" not in state:
+            state["model"] = load_stage_model(cfg.model, info)
+        batch = [jobs[i] for i in indices]
+        seeds = [image_seed(cfg.seed, p.id, k) for p, k in batch]
+        try:
+            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds, **{
+                k: (tuple(v) if k == "cfg_interval" else v) for k, v in sampling.items()})
+        except ValueError as err:  # bad settings or a prompt the model cannot take
+            return [error_row("image_id", keys[i], str(err)) for i in indices]
+        rows = []
+        for j, i in enumerate(indices):
+            prompt, k = batch[j]
+            image_file = f"{folders[prompt.category]}/{keys[i]}.png"
+            atomic_save_image(result.images[j], layout.images / image_file)
+            thought = result.thoughts[j] if result.thoughts else None
+            rows.append({
+                "image_id": keys[i], "prompt_id": prompt.id, "sample_index": k, "image_file": image_file,
+                "category": prompt.category, "prompt": prompt.prompt, "original_prompt": prompt.prompt,
+                "detailed_prompt": detailed_prompt(thought), "think_output": thought, "think": cfg.sampling.think,
+                "seed": seeds[j], "width": result.images[j].width, "height": result.images[j].height,
+                "model": str(cfg.model.path), "sampling": sampling,
+            })
+        return rows
+
+    def summarize(rows: list[dict]) -> dict:
+        per_category: dict[str, int] = {}
+        for r in rows:
+            folder = folders.get(r["category"], UNCATEGORIZED)
+            per_category[folder] = per_category.get(folder, 0) + 1
+        return {"num_prompts": len(prompts), "num_images_per_prompt": n, "images_per_category": per_category,
+                "think": cfg.sampling.think}
+
+    return run_items("eval generate", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors)
+
+
+# ------------------------------------------------------------------ official T2I-CompBench layout
+_MAX_NAME_BYTES = 240  # file names are limited to 255 bytes; keep room for "_000000.png"
+
+
+def official_file_stem(prompt: str) -> tuple[str, bool]:
+    """The prompt as the official scripts read it back from a file name (they split the
+    name at ``_``): ``_`` and path separators become spaces, over-long names are cut at
+    :data:`_MAX_NAME_BYTES`. Returns ``(stem, changed)``."""
+    stem = re.sub(r"[_/\\\x00]", " ", prompt).strip()
+    while len(stem.encode("utf-8")) > _MAX_NAME_BYTES:
+        stem = stem[:-1]
+    stem = stem.rstrip() or "prompt"
+    return stem, stem != prompt
+
+
+def _place(src: Path, dst: Path, mode: str) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
+    if mode == "hardlink":
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links not allowed: copy instead
+            shutil.copyfile(src, tmp)
+    elif mode == "symlink":
+        os.symlink(os.path.abspath(src), tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def export_official_layout(images_manifest: str | os.PathLike, out_dir: str | os.PathLike,
+                           mode: Literal["hardlink", "copy", "symlink"] = "hardlink") -> dict:
+    """Put the images of ``images_manifest`` into T2I-CompBench's layout::
+
+        <out_dir>/<category>/samples/<prompt>_<index:06d>.png   (the source's extension)
+        <out_dir>/<category>/index.jsonl    index -> image_id, prompt, source image
+
+    ``index`` counts the category's images in manifest order from 0 (the official scripts
+    take it as the question id). Point their ``--out_dir`` at ``<out_dir>/<category>``.
+    ``samples/`` is rebuilt from scratch, so it holds nothing else (the scripts read every
+    file in it). Returns ``{category: number of images}``."""
+    if mode not in ("hardlink", "copy", "symlink"):
+        raise ValueError(f"mode must be hardlink, copy or symlink, got {mode!r}")
+    items, errors = read_image_manifest(images_manifest)
+    if errors:
+        raise ValueError(f"{images_manifest}: {len(errors)} unusable row(s), first: {errors[0]}")
+    by_category: dict[str, list] = {}
+    for item in items:
+        by_category.setdefault(category_folder(item.category), []).append(item)
+    out_dir = Path(out_dir)
+    counts = {}
+    for category, members in by_category.items():
+        samples = out_dir / category / "samples"
+        if samples.exists():
+            shutil.rmtree(samples)
+        samples.mkdir(parents=True)
+        index_rows = []
+        for index, item in enumerate(members):
+            if not item.image_path.is_file():
+                raise FileNotFoundError(f"{item.source}: image not found: {item.image_path}")
+            stem, changed = official_file_stem(item.prompt)
+            name = f"{stem}_{index:06d}{item.image_path.suffix.lower() or '.png'}"
+            _place(item.image_path, samples / name, mode)
+            index_rows.append({"index": index, "file": f"samples/{name}", "image_id": item.image_id,
+                               "prompt_id": item.prompt_id, "prompt": item.prompt, "name_changed": changed,
+                               "source": str(item.image_path)})
+        atomic_write_text(out_dir / category / "index.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in index_rows))
+        counts[category] = len(members)
+    return counts

@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``srum eval geneval-images``: images for GenEval's prompts, in the layout its scorer reads.
+
+GenEval (djghosh13/geneval) ships ``prompts/evaluation_metadata.jsonl`` (553 lines of
+``{"tag", "include", "prompt", ...}``) and scores a folder with
+``evaluation/evaluate_images.py <outdir>``, which reads::
+
+    <outdir>/<index:05d>/metadata.jsonl      line ``index`` of evaluation_metadata.jsonl (as JSON)
+    <outdir>/<index:05d>/samples/<k:04d>.png every file in samples/ is scored
+
+The scorer takes every file inside ``samples/``, so temporary files are written next to
+``samples/`` and renamed into it. Stage bookkeeping (``parts/``, ``manifest.jsonl``,
+``summary.json``, ``errors.jsonl``, ``config.yaml``) sits at the top of ``<outdir>``,
+where the scorer ignores anything that is not a folder with a numeric name.
+
+Image ``k`` of line ``index`` is drawn from :func:`~srum.stages.generate.image_seed`
+``(seed, "geneval_<index:05d>", k)``: independent of ranks and batching. Defaults follow
+Bagel's GenEval script: 4 images per prompt, 1024x1024, 50 steps, text CFG 4.0 over the
+whole trajectory (``cfg_interval [0, 1]``), timestep shift 3.0, no thinking.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srum import distributed
+from srum.config import to_dict
+from srum.stages.common import ModelConfig, error_row, load_stage_model, log, run_items
+from srum.stages.generate import SamplingConfig, image_seed
+from srum.stages.shards import ShardedOutput, atomic_write_text
+
+
+@dataclass
+class GenEvalSamplingConfig(SamplingConfig):
+    """Bagel's GenEval settings (``cfg_interval`` [0, 1], think off)."""
+
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    think: bool = False
+
+
+@dataclass
+class GenEvalConfig:
+    model: ModelConfig
+    metadata: str                        # GenEval's prompts/evaluation_metadata.jsonl
+    out_dir: str                         # <IMAGE_FOLDER> for evaluation/evaluate_images.py
+    num_images_per_prompt: int = 4
+    seed: int = 0
+    batch_size: int = 1                  # images per generation call on one process
+    limit: int | None = None             # first N metadata lines (quick runs)
+    retry_errors: bool = False
+    sampling: GenEvalSamplingConfig = field(default_factory=GenEvalSamplingConfig)
+
+    def __post_init__(self):
+        if self.num_images_per_prompt < 1 or self.batch_size < 1:
+            raise ValueError("num_images_per_prompt and batch_size must be >= 1")
+        if self.num_images_per_prompt > 10000:
+            raise ValueError("num_images_per_prompt must be <= 10000 (file names have 4 digits)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class GenEvalPrompt:
+    index: int          # 0-based position among the file's non-blank lines = the folder number
+    prompt: str
+    metadata: dict      # the line as parsed (written back to <index>/metadata.jsonl)
+
+
+def read_geneval_metadata(path: str | os.PathLike) -> tuple[list[GenEvalPrompt], list[str]]:
+    """Parse ``evaluation_metadata.jsonl``. A bad line (invalid JSON, not an object, no
+    ``prompt`` string) is reported as ``file:line: reason`` and skipped; it keeps its
+    index, so folder ``N`` always matches line ``N`` of the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GenEval metadata file not found: {path}")
+    prompts, errors, index = [], [], 0
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            errors.append(f"{where}: not valid JSON ({err.msg})")
+        else:
+            if not isinstance(obj, dict):
+                errors.append(f"{where}: expected a JSON object")
+            elif not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+                errors.append(f"{where}: no 'prompt' string")
+            else:
+                prompts.append(GenEvalPrompt(index, obj["prompt"].strip(), obj))
+        index += 1
+    return prompts, errors
+
+
+def _save_sample(image, folder: Path, k: int) -> str:
+    """Save image ``k`` as ``folder/samples/<k:04d>.png`` without ever leaving a partial or
+    temporary file inside ``samples/``."""
+    samples = folder / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{k:04d}.tmp{os.getpid()}.png"
+    image.save(tmp)
+    os.replace(tmp, samples / f"{k:04d}.png")
+    return f"{folder.name}/samples/{k:04d}.png"
+
+
+def run_geneval_images(cfg: GenEvalConfig) -> dict:
+    """Generate the images (sharded over torchrun processes, resumable); returns the stage summary."""
+    info = distributed.init()
+    prompts, input_errors = read_geneval_metadata(cfg.metadata)
+    for err in input_errors[:20]:
+        log(info, f"srum eval geneval-images: skipped {err}")
+    if cfg.limit is not None:
+        prompts = prompts[:cfg.limit]
+    if not prompts:
+        raise ValueError(f"{cfg.metadata}: no usable prompts")
+    n = cfg.num_images_per_prompt
+    jobs = [(p, k) for p in prompts for k in range(n)]
+    keys = [f"{p.index:05d}/{k:04d}" for p, k in jobs]
+    out_dir = Path(cfg.out_dir)
+    out = ShardedOutput(out_dir, keys, info)
+    sampling = to_dict(cfg.sampling)
+    state: dict = {}
+
+    def process(indices: list[int]) -> list[dict]:
+        if "model" not in state:
+            state["model"] = load_stage_model(cfg.model, info)
+        batch = [jobs[i] for i in indices]
+        seeds = [image_seed(cfg.seed, f"geneval_{p.index:05d}", k) for p, k in batch]
+        try:
+            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds, **{
+                k: (tuple(v) if k == "cfg_interval" else v) for k, v in sampling.items()})
+        except ValueError as err:
+            return [error_row("image_id", keys[i], str(err)) for i in indices]
+        rows = []
+        for j, i in enumerate(indices):
+            prompt, k = batch[j]
+            folder = out_dir / f"{prompt.index:05d}"
+            # every process writing into this folder writes the same text; the rename is atomic
+            atomic_write_text(folder / "metadata.jsonl", json.dumps(prompt.metadata, ensure_ascii=False) + "\n")
+            image_file = _save_sample(result.images[j], folder, k)
+            rows.append({"image_id": keys[i], "index": prompt.index, "sample_index": k, "image_file": image_file,
+                         "prompt": prompt.prompt, "tag": prompt.metadata.get("tag"), "seed": seeds[j],
+                         "width": result.images[j].width, "height": result.images[j].height,
+                         "think_output": result.thoughts[j] if result.thoughts else None,
+                         "model": str(cfg.model.path), "sampling": sampling})
+        return rows
+
+    def summarize(rows: list[dict]) -> dict:
+        return {"num_prompts": len(prompts), "num_images_per_prompt": n,
+                "scorer": f"python evaluation/evaluate_images.py {out_dir} --outfile <results>/results.jsonl "
+                          "--model-path <OBJECT_DETECTOR_FOLDER>"}
+
+    return run_items("eval geneval-images", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors)
