@@ -38,6 +38,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
+from ..fileio import atomic_write_text
 from ..models.bagel.config import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,6 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
         log.warning("%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, name)
     found = list_checkpoints(root)
     return found[-1][1] if found else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -183,13 +175,13 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer, ema, t
     torch.save(_rng_state(), tmp / "rng" / f"rank-{_rank():05d}.pt")
     _barrier()
     if _rank() == 0:
-        _write_atomic(tmp / TRAIN_STATE, json.dumps(train_state, indent=1) + "\n")
-        _write_atomic(tmp / CONFIG_FILE, config_yaml)
+        atomic_write_text(tmp / TRAIN_STATE, json.dumps(train_state, indent=1) + "\n")
+        atomic_write_text(tmp / CONFIG_FILE, config_yaml)
         if final.exists():  # the same step saved again (e.g. a resumed run that ended there)
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-        _write_atomic(root / LATEST, final.name + "\n")
+        atomic_write_text(root / LATEST, final.name + "\n")
         _fsync_dir(root)
         for _, old in list_checkpoints(root)[:-keep_last]:
             if old != final:
