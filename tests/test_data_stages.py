@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from srum.config import load_config
+from srum.data.prompts import read_prompts
 from srum.records import from_reference, read_records, to_reference, validate_record
 from srum.stages.generate import GenerateConfig, run_generate
 from srum.stages.judge import JudgeStageConfig, run_judge
@@ -38,8 +39,11 @@ def _env():
 def run_dir(tiny_dir, tmp_path_factory):
     """generate -> propose -> judge once, in one process."""
     root = tmp_path_factory.mktemp("stages")
+    # the first three prompts of whichever file is there (the real val split, or our examples)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in read_prompts(PROMPTS)[0][:3]))
     run_generate(load_config(GenerateConfig, None, [
-        f"model.path={tiny_dir}", f"prompts=[{PROMPTS}]", f"out_dir={root / 'generate'}", "limit_per_category=3",
+        f"model.path={tiny_dir}", f"prompts=[{prompts}]", f"out_dir={root / 'generate'}",
         "sampling.height=48", "sampling.width=64", "sampling.num_timesteps=3", "sampling.max_think_tokens=4"]))
     run_propose(load_config(ProposeStageConfig, None, [
         f"images={root / 'generate' / 'manifest.jsonl'}", f"out_dir={root / 'propose'}", f"model.path={tiny_dir}", *SAM]))
