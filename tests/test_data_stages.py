@@ -121,10 +121,9 @@ def test_logits_judging_is_deterministic_and_rerun_is_a_no_op(run_dir, tiny_dir,
     cfg = load_config(JudgeStageConfig, None, [f"regions={run_dir / 'propose' / 'regions.jsonl'}",
                                                f"out_dir={tmp_path / 'again'}", f"model.path={tiny_dir}", *JUDGE])
     run_judge(cfg)
-    first = (run_dir / "judge" / "rewards.jsonl").read_text().replace("../judge", "../again")
     a = [{k: v for k, v in r.items() if k != "image_file"} for r in _rows(run_dir / "judge" / "rewards.jsonl")]
     b = [{k: v for k, v in r.items() if k != "image_file"} for r in _rows(tmp_path / "again" / "rewards.jsonl")]
-    assert a == b and first
+    assert len(a) == 3 and a == b
     part = tmp_path / "again" / "parts" / "rank-00000.jsonl"
     before = part.read_text()
     summary = run_judge(cfg)

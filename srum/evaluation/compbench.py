@@ -33,7 +33,8 @@ from srum.config import to_dict
 from srum.data.prompts import read_prompts
 from srum.stages.common import ModelConfig, error_row, load_stage_model, log, read_image_manifest, run_items
 from srum.stages.generate import SamplingConfig, detailed_prompt, image_id_for, image_seed
-from srum.stages.shards import ShardedOutput, atomic_save_image, atomic_write_text
+from srum.fileio import atomic_save_image, atomic_write_text
+from srum.stages.shards import ShardedOutput
 
 from .scoring import CompBenchJudgeConfig
 
@@ -143,8 +144,8 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
         batch = [jobs[i] for i in indices]
         seeds = [image_seed(cfg.seed, p.id, k) for p, k in batch]
         try:
-            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds, **{
-                k: (tuple(v) if k == "cfg_interval" else v) for k, v in sampling.items()})
+            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds,
+                                                   **cfg.sampling.generate_kwargs())
         except ValueError as err:  # bad settings or a prompt the model cannot take
             return [error_row("image_id", keys[i], str(err)) for i in indices]
         rows = []

@@ -29,7 +29,8 @@ from srum import distributed
 from srum.config import to_dict
 from srum.stages.common import ModelConfig, error_row, load_stage_model, log, run_items
 from srum.stages.generate import SamplingConfig, image_seed
-from srum.stages.shards import ShardedOutput, atomic_write_text
+from srum.fileio import atomic_write_text
+from srum.stages.shards import ShardedOutput
 
 
 @dataclass
@@ -130,8 +131,8 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
         batch = [jobs[i] for i in indices]
         seeds = [image_seed(cfg.seed, f"geneval_{p.index:05d}", k) for p, k in batch]
         try:
-            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds, **{
-                k: (tuple(v) if k == "cfg_interval" else v) for k, v in sampling.items()})
+            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds,
+                                                   **cfg.sampling.generate_kwargs())
         except ValueError as err:
             return [error_row("image_id", keys[i], str(err)) for i in indices]
         rows = []

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from srum.stages.shards import atomic_write_text, iter_jsonl
+from srum.fileio import atomic_write_text, iter_jsonl
 
 BASE_CATEGORIES = ("3d_spatial", "color", "non-spatial", "numeracy", "shape", "spatial", "texture")
 COMPLEX_GROUP = ("complex", "complex_action", "complex_spatial")

@@ -7,6 +7,8 @@ import json
 
 def cmd_checkpoint(args) -> int:
     from .checkpoint import export_checkpoint
+    if not args.max_shard_gb > 0:
+        raise ValueError(f"--max-shard-gb must be > 0, got {args.max_shard_gb}")
     out = export_checkpoint(args.checkpoint, args.base, args.out, weights=args.weights, dtype=args.dtype,
                             max_shard_bytes=int(args.max_shard_gb * 2 ** 30))
     print(json.dumps(json.loads((out / "srum_export.json").read_text())))

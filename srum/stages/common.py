@@ -16,7 +16,9 @@ from srum import distributed
 from srum.config import dump_config
 from srum.distributed import DistInfo
 
-from .shards import ERROR_KEY, ShardedOutput, iter_jsonl
+from srum.fileio import iter_jsonl
+
+from .shards import ERROR_KEY, ShardedOutput
 
 
 @dataclass
@@ -147,9 +149,10 @@ def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]]
     if info.is_main:
         out.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, out.out_dir / "config.yaml")
-    todo = out.my_todo(retry_errors)
-    total_done = len(out.keys) - len(out.done_keys(retry_errors))
-    log(info, f"srum {name}: {len(out.keys)} items, {total_done} to do over {info.world_size} process(es)")
+    done = out.done_keys(retry_errors)
+    todo = out.my_todo(done)
+    log(info, f"srum {name}: {len(out.keys)} items, {len(out.keys) - len(done)} to do over "
+              f"{info.world_size} process(es)")
     if todo:
         from tqdm import tqdm
         writer = out.writer()

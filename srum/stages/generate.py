@@ -24,7 +24,9 @@ from srum.config import to_dict
 from srum.data.prompts import read_prompts
 
 from .common import ModelConfig, error_row, load_stage_model, log, run_items
-from .shards import ShardedOutput, atomic_save_image
+from srum.fileio import atomic_save_image
+
+from .shards import ShardedOutput
 
 
 @dataclass
@@ -44,6 +46,12 @@ class SamplingConfig:
     max_think_tokens: int = 1000
     think_do_sample: bool = False      # greedy CoT (default) is independent of batching
     think_temperature: float = 0.3
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments of ``Bagel.generate_image`` for these settings."""
+        kwargs = to_dict(self)
+        kwargs["cfg_interval"] = tuple(kwargs["cfg_interval"])
+        return kwargs
 
 
 @dataclass
@@ -106,8 +114,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
         batch = [jobs[i] for i in indices]
         seeds = [image_seed(cfg.seed, p.id, k) for p, k in batch]
         try:
-            result = model.generate_image([p.prompt for p, _ in batch], seed=seeds, **{
-                k: (tuple(v) if k == "cfg_interval" else v) for k, v in sampling.items()})
+            result = model.generate_image([p.prompt for p, _ in batch], seed=seeds, **cfg.sampling.generate_kwargs())
         except ValueError as err:  # bad settings or a prompt the model cannot take
             return [error_row("image_id", keys[i], str(err)) for i in indices]
         rows = []

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from srum.distributed import DistInfo
-from srum.fileio import atomic_save_image, atomic_write_text, iter_jsonl  # noqa: F401  (re-exported)
+from srum.fileio import atomic_write_text, iter_jsonl
 
 ERROR_KEY = "_error"
 
@@ -133,9 +133,8 @@ class ShardedOutput:
         return bool(summary.get("complete")) and summary.get("num_items") == len(self.keys)
 
     # ------------------------------------------------------------------ writing
-    def my_todo(self, retry_errors: bool = False) -> list[int]:
-        """Indices (into ``keys``) this process still has to do."""
-        done = self.done_keys(retry_errors)
+    def my_todo(self, done: set[str]) -> list[int]:
+        """Indices (into ``keys``) of this process's shard that are not in ``done``."""
         return [i for i in range(self.info.rank, len(self.keys), self.info.world_size) if self.keys[i] not in done]
 
     def writer(self) -> PartWriter:

@@ -9,7 +9,6 @@ the later line wins (it is what the resumed run actually trained).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from ..fileio import iter_jsonl
 from .pictures import font, line_height, text_width
 
 __all__ = ["MetricsRun", "read_metrics", "Series", "nice_ticks", "moving_average", "line_plot", "PALETTE",
@@ -62,24 +62,16 @@ def read_metrics(path: str | os.PathLike, name: str | None = None) -> MetricsRun
         raise FileNotFoundError(f"metrics file not found: {path}")
     by_step: dict[int, dict] = {}
     events, errors, duplicates = [], [], 0
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"{path}:{number}: invalid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"{path}:{number}: not a JSON object")
-            elif "event" in row:
-                events.append(str(row["event"]))
-            elif isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):
-                duplicates += row["step"] in by_step
-                by_step[row["step"]] = row
-            else:
-                errors.append(f"{path}:{number}: neither a step row (integer 'step') nor an event")
+    for number, row, err in iter_jsonl(path):
+        if err:
+            errors.append(err)
+        elif "event" in row:
+            events.append(str(row["event"]))
+        elif isinstance(row.get("step"), int) and not isinstance(row.get("step"), bool):
+            duplicates += row["step"] in by_step
+            by_step[row["step"]] = row
+        else:
+            errors.append(f"{path}:{number}: neither a step row (integer 'step') nor an event")
     rows = [by_step[s] for s in sorted(by_step)]
     return MetricsRun(name or path.resolve().parent.name or str(path), path, rows, events, errors, duplicates)
 

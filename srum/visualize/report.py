@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..fileio import iter_jsonl
 from ..records import carries_reward, read_records
 from .pictures import SCORE_SCALE, draw_card, region_state, resolve_reward_config
 from .plots import LOSS_KEYS, MetricsRun, loss_plot, read_metrics
@@ -140,25 +141,17 @@ def read_cot_manifest(path: str | os.PathLike) -> tuple[dict[str, dict], list[st
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     rows, errors = {}, []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"{path}:{number}: invalid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"{path}:{number}: not a JSON object")
-                continue
-            image_id = row.get("image_id")
-            if not isinstance(image_id, str) and isinstance(row.get("image_file"), str):
-                image_id = Path(row["image_file"]).stem
-            if not isinstance(image_id, str):
-                errors.append(f"{path}:{number}: no image_id or image_file")
-                continue
-            rows.setdefault(image_id, row)
+    for number, row, err in iter_jsonl(path):
+        if err:
+            errors.append(err)
+            continue
+        image_id = row.get("image_id")
+        if not isinstance(image_id, str) and isinstance(row.get("image_file"), str):
+            image_id = Path(row["image_file"]).stem
+        if not isinstance(image_id, str):
+            errors.append(f"{path}:{number}: no image_id or image_file")
+            continue
+        rows.setdefault(image_id, row)
     return rows, errors
 
 
