@@ -12,7 +12,9 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``train``: the reward-weighted FSDP2 trainer (launch with torchrun);
 * ``export``: checkpoint -> BAGEL-7B-MoT directory, or generated data -> SFT parquet;
 * ``visualize``: pictures of regions, scores and reward maps, and an HTML run report;
-* ``eval``: T2I-CompBench generation, MLLM scoring, summaries and comparisons; GenEval images.
+* ``eval``: T2I-CompBench generation, MLLM scoring, summaries and comparisons; GenEval images;
+* ``pipeline``: the whole loop (generate -> ... -> eval -> report) for one or more rounds;
+* ``datasets``: list and check the named datasets of the registry (``data/datasets.yaml``).
 """
 from __future__ import annotations
 
@@ -172,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_visualize_parser(sub)
     from srum.evaluation.cli import add_eval_parser
     add_eval_parser(sub)
+    from srum.pipeline.cli import add_pipeline_parser
+    add_pipeline_parser(sub)
+    from srum.data.cli import add_datasets_parser
+    add_datasets_parser(sub)
     return parser
 
 

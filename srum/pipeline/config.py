@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``srum pipeline`` configuration (``configs/pipeline/<name>.yaml``).
+
+A pipeline config names the starting model, the datasets, how processes are launched,
+and for each stage the stage's own YAML plus overrides. The pipeline fills in what
+links the stages (model paths, input files, output folders); everything else comes
+from the stage configs, so a stage behaves exactly as when run by hand.
+
+``{run_dir}`` in any string value expands to the run directory. Every field is
+documented in TRAIN.md ("The pipeline").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import ConfigError, load_config
+
+STAGES = ("generate", "propose", "judge", "train", "export", "eval", "report")
+LAUNCHED = ("generate", "propose", "judge", "train", "eval")   # run under torchrun when several processes
+
+
+@dataclass
+class BaseModelConfig:
+    """path: the model round 1 starts from (a BAGEL-7B-MoT directory or a hub repo id).
+    init_tiny: write a random tiny Bagel at ``path`` when it does not exist (the demo).
+    tiny_seed: its weight seed."""
+
+    path: str
+    init_tiny: bool = False
+    tiny_seed: int = 0
+
+
+@dataclass
+class DataSpec:
+    """Datasets by registry name (``srum datasets list``).
+
+    registry: registry YAML (default: ``$SRUM_DATASETS`` or ``data/datasets.yaml``).
+    generate: prompt datasets for the generate stage of every round.
+    eval: prompt datasets for the evaluation (empty: the eval config's own ``prompts``).
+    extra_rewards: reward datasets trained on in every round besides the round's own."""
+
+    generate: list[str]
+    registry: str | None = None
+    eval: list[str] = field(default_factory=list)
+    extra_rewards: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LauncherConfig:
+    """How launched stages (generate, propose, judge, train, eval) start.
+
+    nproc_per_node: processes per node; 1 with no other setting runs ``python -m srum``
+        directly, more runs ``torchrun --standalone``.
+    torchrun_args: extra torchrun arguments; giving ``--nnodes``/``--rdzv-*`` replaces
+        ``--standalone`` (multi-node, see TRAIN.md).
+    prefix: command put in front, e.g. ``[srun, --nodes=4, --ntasks-per-node=1]``.
+    python: interpreter with srum installed (default: the one running the pipeline).
+    env: extra environment variables for every stage."""
+
+    nproc_per_node: int = 1
+    torchrun_args: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)
+    python: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+
+
+@dataclass
+class StageSpec:
+    """config: the stage's YAML (fields in TRAIN.md / EVAL.md). overrides: a mapping merged
+    on top of it (nested or dotted keys, as on the command line)."""
+
+    config: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """How each round's checkpoint becomes the next round's model (``srum export checkpoint``)."""
+
+    weights: Literal["auto", "ema", "model"] = "auto"
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    max_shard_gb: float = 5.0
+
+
+@dataclass
+class EvalSpec(StageSpec):
+    """enabled: evaluate at all. baseline: also evaluate the starting model (the table's
+    first row). every_round: evaluate each round's export (false: the last round only).
+    init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's ``judge.model``
+    when it does not exist (the demo)."""
+
+    enabled: bool = True
+    baseline: bool = True
+    every_round: bool = True
+    init_tiny_judge: bool = False
+
+
+@dataclass
+class ReportSpec:
+    """enabled: write each round's HTML report. limit: image cards per report (None: all).
+    reward_mode: the reward map drawn (default: the training config's ``rewards.map``)."""
+
+    enabled: bool = True
+    limit: int | None = 50
+    reward_mode: Literal["official", "signed"] | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """run_dir: every stage's folder lives under it. rounds: self-iterations; round k+1
+    starts from round k's exported model. seed_per_round: round k generates with the
+    generate config's seed + k - 1, so rounds draw new candidates. allow_incomplete: stages
+    whose items partly failed (exit code 1) still feed the next stage (true) or stop the
+    run (false). keep_stale: outputs invalidated by a changed config or input are moved to
+    ``<run_dir>/stale/`` (true) or deleted (false). datasets: registry entries added inline."""
+
+    run_dir: str
+    model: BaseModelConfig
+    data: DataSpec
+    rounds: int = 1
+    seed_per_round: bool = True
+    allow_incomplete: bool = False
+    keep_stale: bool = True
+    datasets: dict[str, Any] = field(default_factory=dict)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    generate: StageSpec = field(default_factory=StageSpec)
+    propose: StageSpec = field(default_factory=StageSpec)
+    judge: StageSpec = field(default_factory=StageSpec)
+    train: StageSpec = field(default_factory=StageSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if not self.data.generate:
+            raise ValueError("data.generate: name at least one prompt dataset")
+        for name in ("generate", "propose", "judge", "train"):
+            if getattr(self, name).config is None:
+                raise ValueError(f"{name}.config: give the stage's YAML (e.g. configs/data/{name}.yaml)")
+        if self.eval.enabled and self.eval.config is None:
+            raise ValueError("eval.config: give the evaluation YAML, or set eval.enabled: false")
+
+
+def _expand(value: Any, run_dir: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{run_dir}", run_dir)
+    if isinstance(value, list):
+        return [_expand(v, run_dir) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, run_dir) for k, v in value.items()}
+    return value
+
+
+def load_pipeline_config(path: str | None, overrides=()) -> PipelineConfig:
+    """Read, override, check, and expand ``{run_dir}`` everywhere."""
+    from ..config import build, to_dict
+    cfg = load_config(PipelineConfig, path, overrides)
+    if "{run_dir}" in cfg.run_dir:
+        raise ConfigError(f"{path}: run_dir cannot contain {{run_dir}}")
+    return build(PipelineConfig, _expand(to_dict(cfg), cfg.run_dir), where=str(path or ""))

@@ -1,0 +1,336 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The self-rewarding loop, round by round.
+
+    baseline/eval                       the starting model on the benchmark
+    round-01/generate -> propose -> judge -> train -> export -> eval -> report
+    round-02/...                        starts from round-01/export
+
+Each stage is a :class:`StagePlan`: its folder, its resolved config, the run ids of the
+stages it reads, the files that prove it finished, and how to run it. :meth:`Pipeline.execute`
+asks :mod:`.state` whether to skip, resume or start it fresh, runs it, and records the
+outcome, so a rerun of a finished run does nothing and a deleted or changed stage reruns
+with exactly the stages downstream of it.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ..config import ConfigError, build, dump_config, merge, read_yaml, to_dict
+from ..fileio import atomic_write_text
+from . import state
+from .config import PipelineConfig
+from .launch import run_logged, srum_command
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names it, its log and how to resume."""
+
+
+@dataclass
+class StagePlan:
+    name: str                       # generate, propose, ...
+    dir: Path
+    config: dict                    # resolved; hashed and written to <dir>/config.yaml
+    inputs: dict[str, str]          # upstream label -> its run id (or a model path)
+    outputs: list[str]              # files (relative to dir) that a finished stage leaves
+    run: Callable[["StagePlan"], int] = field(repr=False)
+    label: str = ""
+
+
+def _nest(overrides: dict) -> dict:
+    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}``."""
+    out: dict = {}
+    for key, value in overrides.items():
+        value = _nest(value) if isinstance(value, dict) else value
+        out = merge(out, _dotted(str(key), value))
+    return out
+
+
+def _dotted(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _file_stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path}:{st.st_size}:{int(st.st_mtime)}"
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, config_path: str | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.run_dir = Path(cfg.run_dir)
+        self.timing: list[dict] = []
+        from ..data.registry import load_registry, registry_from_dict
+        registry = load_registry(cfg.data.registry)
+        if cfg.datasets:
+            registry = registry.merged(registry_from_dict({"datasets": cfg.datasets},
+                                                          source=f"{config_path or 'pipeline'}: datasets",
+                                                          base_dir=Path(config_path).parent if config_path else None))
+        self.registry = registry
+
+    # ------------------------------------------------------------------ helpers
+    def _stage_yaml(self, name: str) -> dict:
+        spec = getattr(self.cfg, name)
+        try:
+            return merge(read_yaml(spec.config), _nest(spec.overrides))
+        except ConfigError as err:
+            raise ConfigError(f"{name}.config: {err}") from None
+
+    def _checked(self, cls, data: dict, name: str) -> dict:
+        """Build the stage's dataclass now, so a bad field fails before any stage runs."""
+        try:
+            return to_dict(build(cls, data))
+        except ConfigError as err:
+            raise ConfigError(f"{self.config_path or 'pipeline'}: {name} stage ({getattr(self.cfg, name).config}): "
+                              f"{err}") from None
+
+    def _datasets(self, names: list[str], kind: str) -> tuple[list[str], dict]:
+        files, selection = [], {}
+        for name in names:
+            ds = self.registry.get(name)
+            if ds.kind != kind:
+                raise ConfigError(f"dataset {name!r} is of kind {ds.kind!r}, expected {kind!r}")
+            files += [str(p) for p in self.registry.resolve(name, self.run_dir)]
+            for key in ("categories", "limit_per_category"):
+                value = getattr(ds, key)
+                if value is not None:
+                    value = list(value) if isinstance(value, tuple) else value
+                    if key in selection and selection[key] != value:
+                        raise ConfigError(f"datasets {names}: different {key} ({selection[key]} vs {value})")
+                    selection[key] = value
+        return files, selection
+
+    def _launched(self, command: str, *extra: str) -> Callable[[StagePlan], int]:
+        def run(plan: StagePlan) -> int:
+            args = command.split() + ["--config", str(plan.dir / "config.yaml"), *extra]
+            cmd = srum_command(self.cfg.launcher, args, distributed=True)
+            return run_logged(cmd, plan.dir / "stage.log", self.cfg.launcher.env)
+        return run
+
+    @staticmethod
+    def _run_id(plan: StagePlan) -> str:
+        marker = state.read_marker(plan.dir)
+        return marker["run_id"]
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, plan: StagePlan) -> StagePlan:
+        plan.label = str(plan.dir.relative_to(self.run_dir)) if plan.dir.is_relative_to(self.run_dir) else str(plan.dir)
+        digest = state.config_hash(plan.config)
+        action, why = state.decide(plan.dir, digest, plan.inputs, plan.outputs)
+        if action == "skip":
+            print(f"[{plan.label}] done ({why}), skipped", flush=True)
+            self.timing.append({"stage": plan.label, "action": "skipped", "seconds": 0.0})
+            return plan
+        if action == "fresh" and plan.dir.exists():
+            moved = state.set_aside(plan.dir, self.run_dir, self.cfg.keep_stale)
+            print(f"[{plan.label}] {why}: old output {'moved to ' + str(moved) if moved else 'deleted'}", flush=True)
+        print(f"[{plan.label}] {'resuming' if action == 'resume' else 'running'} ({why})", flush=True)
+        marker = state.begin(plan.dir, plan.name, plan.config, digest, plan.inputs)
+        atomic_write_text(plan.dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
+        t0 = time.time()
+        returncode = plan.run(plan)
+        if returncode == 0:
+            status = "complete"
+        elif returncode == 1 and self.cfg.allow_incomplete:
+            status = "incomplete"
+        else:
+            status = "failed"
+        state.finish(plan.dir, marker, status, returncode)
+        seconds = round(time.time() - t0, 1)
+        self.timing.append({"stage": plan.label, "action": action, "status": status, "seconds": seconds})
+        if status == "failed":
+            hint = ("some items failed (exit 1); set allow_incomplete: true to go on with the rest"
+                    if returncode == 1 else f"exit code {returncode}")
+            raise PipelineError(f"[{plan.label}] failed: {hint}. Log: {plan.dir / 'stage.log'}. "
+                                "Run the same command again to resume from here.")
+        missing = [o for o in plan.outputs if not (plan.dir / o).exists()]
+        if missing:
+            raise PipelineError(f"[{plan.label}] finished but did not write {', '.join(missing)} "
+                                f"(log: {plan.dir / 'stage.log'})")
+        print(f"[{plan.label}] {status} in {seconds:.1f}s", flush=True)
+        return plan
+
+    # ------------------------------------------------------------------ stages
+    def generate(self, rd: Path, model: str, model_inputs: dict, round_index: int) -> StagePlan:
+        from ..stages.generate import GenerateConfig
+        data = self._stage_yaml("generate")
+        files, selection = self._datasets(self.cfg.data.generate, "prompts")
+        seed = int(data.get("seed", 0)) + (round_index - 1 if self.cfg.seed_per_round else 0)
+        data = merge(data, {"model": {"path": model}, "prompts": files, "out_dir": str(rd / "generate"),
+                            "seed": seed, **selection})
+        plan = StagePlan("generate", rd / "generate", self._checked(GenerateConfig, data, "generate"), model_inputs,
+                         ["manifest.jsonl", "summary.json"], self._launched("generate"))
+        return self.execute(plan)
+
+    def propose(self, rd: Path, model: str, generate: StagePlan) -> StagePlan:
+        from ..stages.propose import ProposeStageConfig
+        data = merge(self._stage_yaml("propose"), {"images": str(generate.dir / "manifest.jsonl"),
+                                                   "out_dir": str(rd / "propose")})
+        grounding = ((data.get("proposals") or {}).get("grounding") or {}).get("enabled", True)
+        if grounding:
+            data = merge(data, {"model": {"path": model}})
+        plan = StagePlan("propose", rd / "propose", self._checked(ProposeStageConfig, data, "propose"),
+                         {generate.label: self._run_id(generate)}, ["regions.jsonl", "summary.json"],
+                         self._launched("propose"))
+        return self.execute(plan)
+
+    def judge(self, rd: Path, model: str, propose: StagePlan) -> StagePlan:
+        from ..stages.judge import JudgeStageConfig
+        data = merge(self._stage_yaml("judge"), {"regions": str(propose.dir / "regions.jsonl"),
+                                                 "out_dir": str(rd / "judge")})
+        if ((data.get("judge") or {}).get("backend") or "self") == "self":
+            data = merge(data, {"model": {"path": model}})
+        plan = StagePlan("judge", rd / "judge", self._checked(JudgeStageConfig, data, "judge"),
+                         {propose.label: self._run_id(propose)}, ["rewards.jsonl", "summary.json"],
+                         self._launched("judge"))
+        return self.execute(plan)
+
+    def train(self, rd: Path, model: str, judge: StagePlan) -> StagePlan:
+        from ..training.config import TrainConfig
+        extra = []
+        for name in self.cfg.data.extra_rewards:
+            extra += [str(p) for p in self._datasets([name], "rewards")[0]]
+        data = merge(self._stage_yaml("train"), {"model": {"path": model}, "output_dir": str(rd / "train")})
+        data = merge(data, {"data": {"rewards": [str(judge.dir / "rewards.jsonl"), *extra]}})
+        config = self._checked(TrainConfig, data, "train")
+        inputs = {judge.label: self._run_id(judge), **{f"rewards:{p}": _file_stamp(Path(p)) for p in extra}}
+        plan = StagePlan("train", rd / "train", config, inputs, ["checkpoints/latest", "metrics.jsonl"],
+                         self._launched("train"))
+        return self.execute(plan)
+
+    def export(self, rd: Path, model: str, train: StagePlan) -> StagePlan:
+        spec = self.cfg.export
+        config = {"checkpoint": str(train.dir), "base": model, "out": str(rd / "export"), **to_dict(spec)}
+
+        def run(plan: StagePlan) -> int:
+            args = ["export", "checkpoint", config["checkpoint"], "--base", model, "--out", config["out"],
+                    "--weights", spec.weights, "--dtype", spec.dtype, "--max-shard-gb", str(spec.max_shard_gb)]
+            log = plan.dir.parent / "export.log"   # not inside: the export folder is a model directory
+            return run_logged(srum_command(self.cfg.launcher, args, distributed=False), log, self.cfg.launcher.env)
+        plan = StagePlan("export", rd / "export", config, {train.label: self._run_id(train)},
+                         ["srum_export.json", "llm_config.json"], run)
+        return self.execute(plan)
+
+    def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
+        from ..evaluation.compbench import CompBenchConfig
+        data = merge(self._stage_yaml("eval"), {"model": {"path": model}, "out_dir": str(out)})
+        if self.cfg.data.eval:
+            files, selection = self._datasets(self.cfg.data.eval, "prompts")
+            data = merge(data, {"prompts": files, **selection})
+        plan = StagePlan("eval", out, self._checked(CompBenchConfig, data, "eval"), model_inputs,
+                         ["summary/summary.json", "summary/summary.md"], self._launched("eval compbench all"))
+        return self.execute(plan)
+
+    def report(self, rd: Path, round_index: int, generate: StagePlan, judge: StagePlan, train: StagePlan,
+               evals: list[tuple[str, StagePlan]]) -> StagePlan:
+        spec = self.cfg.report
+        config = {"rewards": str(judge.dir / "rewards.jsonl"), "manifest": str(generate.dir / "manifest.jsonl"),
+                  "metrics": str(train.dir / "metrics.jsonl"), "train_config": str(train.dir / "config.yaml"),
+                  "evals": [[label, str(p.dir)] for label, p in evals], **to_dict(spec)}
+        inputs = {p.label: self._run_id(p) for p in (generate, judge, train)}
+        inputs.update({p.label: self._run_id(p) for _, p in evals})
+        title = f"SRUM run {self.run_dir.resolve().name}, round {round_index}"
+        plan = StagePlan("report", rd / "report", config, inputs, ["report.html"],
+                         lambda plan: write_round_report(plan.dir, config, title))
+        return self.execute(plan)
+
+    # ------------------------------------------------------------------ the loop
+    def prepare(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        base = Path(self.cfg.model.path)
+        if self.cfg.model.init_tiny and not (base / "llm_config.json").exists():
+            from ..models.bagel import write_tiny_checkpoint
+            write_tiny_checkpoint(base, seed=self.cfg.model.tiny_seed)
+            print(f"[setup] wrote a random tiny Bagel to {base} (random weights: a smoke run, not the method)")
+        if self.cfg.eval.enabled and self.cfg.eval.init_tiny_judge:
+            judge_path = Path(((self._stage_yaml("eval").get("judge") or {}).get("model")) or "")
+            if str(judge_path) and not (judge_path / "config.json").exists():
+                from ..judge.tiny_qwen_vl import write_tiny_qwen_vl
+                write_tiny_qwen_vl(judge_path)
+                print(f"[setup] wrote a random tiny Qwen2.5-VL judge to {judge_path}")
+        dump_config(self.cfg, self.run_dir / "pipeline.yaml")
+
+    def run(self) -> Path | None:
+        cfg = self.cfg
+        started = time.time()
+        self.prepare()
+        model, model_inputs = cfg.model.path, {"model": cfg.model.path}
+        evals: list[tuple[str, StagePlan]] = []
+        if cfg.eval.enabled and cfg.eval.baseline:
+            evals.append(("base", self.evaluate(self.run_dir / "baseline" / "eval", model, model_inputs)))
+        report = None
+        for r in range(1, cfg.rounds + 1):
+            rd = self.run_dir / f"round-{r:02d}"
+            print(f"== round {r}/{cfg.rounds}: starting from {model}", flush=True)
+            generate = self.generate(rd, model, model_inputs, r)
+            propose = self.propose(rd, model, generate)
+            judge = self.judge(rd, model, propose)
+            train = self.train(rd, model, judge)
+            export = self.export(rd, model, train)
+            model, model_inputs = str(export.dir), {export.label: self._run_id(export)}
+            if cfg.eval.enabled and (cfg.eval.every_round or r == cfg.rounds):
+                evals.append((f"round {r}", self.evaluate(rd / "eval", model, model_inputs)))
+            if cfg.report.enabled:
+                report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
+        self.write_summary(time.time() - started)
+        return report
+
+    def write_summary(self, seconds: float) -> None:
+        """``timing.json`` and ``index.html`` (links to each round's report) in the run directory."""
+        atomic_write_text(self.run_dir / "timing.json",
+                          json.dumps({"seconds": round(seconds, 1), "stages": self.timing}, indent=2) + "\n")
+        rows = []
+        for stage in self.timing:
+            marker = state.read_marker(self.run_dir / stage["stage"]) or {}
+            rows.append(f"<tr><td>{html.escape(stage['stage'])}</td><td>{html.escape(marker.get('status', ''))}</td>"
+                        f"<td>{marker.get('seconds', '')}</td><td>{stage['action']}</td></tr>")
+        links = [f'<li><a href="{html.escape(p.parent.name)}/report/report.html">{html.escape(p.parent.name)}</a></li>'
+                 for p in sorted(self.run_dir.glob("round-*/report/report.html"))]
+        page = ("<!doctype html><meta charset='utf-8'><title>SRUM run</title>"
+                f"<h1>SRUM run {html.escape(self.run_dir.resolve().name)}</h1><h2>Reports</h2><ul>{''.join(links)}</ul>"
+                "<h2>Stages</h2><table border=1 cellpadding=4><tr><th>stage</th><th>status</th>"
+                f"<th>seconds (all attempts)</th><th>this run</th></tr>{''.join(rows)}</table>")
+        atomic_write_text(self.run_dir / "index.html", page)
+        for stage in self.timing:
+            print(f"  {stage['stage']:<24} {stage['action']:<8} {stage['seconds']:>8.1f}s")
+
+
+def write_round_report(out: Path, config: dict, title: str) -> int:
+    """One round's HTML report: its images, regions, scores and reward maps, its loss
+    curves, and the evaluation table of every model evaluated so far."""
+    from ..evaluation.summary import compare_runs
+    from ..rewards.raster import RewardMapConfig
+    from ..visualize.cli import reward_settings_from_train_config
+    from ..visualize.report import render_report
+
+    fields, missing = reward_settings_from_train_config(config["train_config"])
+    if config.get("reward_mode"):
+        fields["mode"] = config["reward_mode"]
+    eval_summary = eval_chart = None
+    evals = config["evals"]
+    if len(evals) >= 2:
+        compare_runs([p for _, p in evals], out / "compare", [label for label, _ in evals])
+        eval_summary, eval_chart = out / "compare" / "compare.md", out / "compare" / "compare.png"
+    elif evals:
+        eval_summary = Path(evals[0][1]) / "summary" / "summary.md"
+        eval_chart = Path(evals[0][1]) / "summary" / "scores.png"
+    metrics = [config["metrics"]] if Path(config["metrics"]).exists() else []
+    render_report(config["rewards"], out, manifest=config["manifest"], metrics=metrics, eval_summary=eval_summary,
+                  eval_chart=eval_chart if eval_chart and Path(eval_chart).exists() else None,
+                  reward_config=RewardMapConfig(**fields), missing_global=missing, limit=config.get("limit"),
+                  title=title, progress=False)
+    return 0
+
+
+def run_pipeline(cfg: PipelineConfig, config_path: str | None = None) -> Path | None:
+    return Pipeline(cfg, config_path).run()
