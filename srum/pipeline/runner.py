@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from ..config import ConfigError, build, dump_config, merge, read_yaml, to_dict
+from ..config import ConfigError, build, merge, read_yaml, to_dict
 from ..fileio import atomic_write_text
 from . import state
 from .config import PipelineConfig
@@ -258,7 +258,10 @@ class Pipeline:
                 from ..judge.tiny_qwen_vl import write_tiny_qwen_vl
                 write_tiny_qwen_vl(judge_path)
                 print(f"[setup] wrote a random tiny Qwen2.5-VL judge to {judge_path}")
-        dump_config(self.cfg, self.run_dir / "pipeline.yaml")
+        resolved = yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
+        path = self.run_dir / "pipeline.yaml"
+        if not path.is_file() or path.read_text() != resolved:   # a rerun with the same config touches nothing
+            atomic_write_text(path, resolved)
 
     def run(self) -> Path | None:
         cfg = self.cfg
@@ -294,7 +297,8 @@ class Pipeline:
             marker = state.read_marker(self.run_dir / stage["stage"]) or {}
             rows.append(f"<tr><td>{html.escape(stage['stage'])}</td><td>{html.escape(marker.get('status', ''))}</td>"
                         f"<td>{marker.get('seconds', '')}</td><td>{stage['action']}</td></tr>")
-        links = [f'<li><a href="{html.escape(p.parent.name)}/report/report.html">{html.escape(p.parent.name)}</a></li>'
+        links = [f'<li><a href="{html.escape(p.relative_to(self.run_dir).as_posix())}">'
+                 f'{html.escape(p.parent.parent.name)}</a></li>'
                  for p in sorted(self.run_dir.glob("round-*/report/report.html"))]
         page = ("<!doctype html><meta charset='utf-8'><title>SRUM run</title>"
                 f"<h1>SRUM run {html.escape(self.run_dir.resolve().name)}</h1><h2>Reports</h2><ul>{''.join(links)}</ul>"
