@@ -58,8 +58,8 @@ def run_cli(argv: list[str]) -> int:
 def test_shipped_registry_loads_and_examples_has_16_prompts():
     registry = load_registry(SHIPPED)
     assert registry.path == SHIPPED
-    assert registry.names() == ["examples", "srum_train_comp", "t2i_compbench_val", "self_rewards"]
-    assert [registry.get(n).kind for n in registry.names()] == ["prompts", "prompts", "prompts", "rewards"]
+    assert registry.names() == ["examples", "srum_train_comp", "srum_val_comp", "t2i_compbench_val", "self_rewards"]
+    assert [registry.get(n).kind for n in registry.names()] == ["prompts"] * 4 + ["rewards"]
     assert registry.get("self_rewards").paths == ("judge/rewards.jsonl",)
     assert all(registry.get(n).description for n in registry.names())
     assert registry.resolve("examples") == [REPO / "data" / "prompts" / "examples.jsonl"]
@@ -86,12 +86,14 @@ def test_shipped_entries_resolve_once_the_files_are_in_place(tmp_path):
     # The shipped YAML in a folder where the user has put the downloaded files.
     shutil.copy(SHIPPED, tmp_path / "datasets.yaml")
     shutil.copytree(REPO / "data" / "prompts", tmp_path / "prompts")
-    (tmp_path / "srum").mkdir()
-    (tmp_path / "srum" / "train_comp.json").symlink_to(SHARED / "srum-prompts" / "train_comp.json")
+    (tmp_path / "prompts" / "train_comp.json").symlink_to(SHARED / "srum-prompts" / "train_comp.json")
+    (tmp_path / "prompts" / "val_comp.json").symlink_to(SHARED / "srum-prompts" / "val_comp.json")
     (tmp_path / "t2i-compbench").symlink_to(SHARED / "t2i-compbench")
     registry = load_registry(tmp_path / "datasets.yaml")
     items, errors = read_dataset_prompts(registry, "srum_train_comp")
     assert errors == [] and len(items) == 6234
+    items, errors = read_dataset_prompts(registry, "srum_val_comp")
+    assert errors == [] and len(items) == 2670
     files = registry.resolve("t2i_compbench_val")
     assert [f.name for f in files] == [f"{c}_val.txt" for c in ("3d_spatial", "color", "complex", "non_spatial",
                                                                  "numeracy", "shape", "spatial", "texture")]
@@ -163,7 +165,7 @@ def test_registry_from_dict_accepts_both_shapes_and_names_the_source(tmp_path):
 def test_unknown_name_lists_the_known_ones():
     registry = load_registry(SHIPPED)
     with pytest.raises(ValueError, match=r"unknown dataset 'nope' in registry .*datasets\.yaml; "
-                                         r"known: examples, srum_train_comp, t2i_compbench_val, self_rewards"):
+                                         r"known: examples, srum_train_comp, srum_val_comp, t2i_compbench_val, self_rewards"):
         registry.get("nope")
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         registry.resolve("nope")
