@@ -256,3 +256,20 @@ def test_failed_stage_names_its_log_and_resumes(tmp_path):
     pipeline.cfg.allow_incomplete = True
     pipeline.execute(plan1)
     assert state.read_marker(plan1.dir)["status"] == "incomplete"
+
+
+def test_bagel7b_config_resolves_every_stage(tmp_path, capsys):
+    """The cluster config's stages all build (a dry run writes nothing); the reference prompt
+    files are stood in for by the shipped examples."""
+    examples = ROOT / "data" / "prompts" / "examples.jsonl"
+    config = ROOT / "configs" / "pipeline" / "bagel7b_compbench.yaml"
+    cfg = load_pipeline_config(str(config), [
+        f"run_dir={tmp_path / 'run'}",
+        f"datasets={{srum_train_comp: {{kind: prompts, paths: [{examples}]}}, "
+        f"srum_val_comp: {{kind: prompts, paths: [{examples}]}}}}"])
+    assert Pipeline(cfg, str(config), dry_run=True).run() is None
+    out = capsys.readouterr().out
+    planned = re.findall(r"^\[([^\]]+)\] would run", out, flags=re.M)
+    assert planned == ["baseline/eval"] + [f"round-01/{s}" for s in ("generate", "propose", "judge", "train",
+                                                                      "export", "eval", "report")]
+    assert not (tmp_path / "run").exists()

@@ -20,10 +20,12 @@ def cmd_pipeline(args) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     try:
-        report = run_pipeline(cfg, args.config)
+        report = run_pipeline(cfg, args.config, dry_run=args.dry_run)
     except PipelineError as err:
         print(f"srum pipeline: {err}", file=sys.stderr)
         return 1
+    if args.dry_run:
+        return 0
     print(f"srum pipeline: run directory {cfg.run_dir} (stage timings in timing.json, overview in index.html)")
     if report is not None:
         print(f"srum pipeline: report at {report.resolve()}")
@@ -42,5 +44,7 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides parsed as YAML, e.g. rounds=3 train.overrides.optim.lr=1e-5")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every stage's config and print what would run, skip or resume, and why; write nothing")
     p.set_defaults(func=cmd_pipeline)
     return p

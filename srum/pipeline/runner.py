@@ -65,9 +65,10 @@ def _file_stamp(path: Path) -> str:
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, config_path: str | None = None):
+    def __init__(self, cfg: PipelineConfig, config_path: str | None = None, dry_run: bool = False):
         self.cfg = cfg
         self.config_path = config_path
+        self.dry_run = dry_run   # print what would run and why; write nothing
         self.run_dir = Path(cfg.run_dir)
         self.timing: list[dict] = []
         from ..data.registry import load_registry, registry_from_dict
@@ -119,14 +120,17 @@ class Pipeline:
 
     @staticmethod
     def _run_id(plan: StagePlan) -> str:
-        marker = state.read_marker(plan.dir)
-        return marker["run_id"]
+        marker = state.read_marker(plan.dir) or {}
+        return marker.get("run_id", "(pending)")   # pending only in a dry run
 
     # ------------------------------------------------------------------ execution
     def execute(self, plan: StagePlan) -> StagePlan:
         plan.label = str(plan.dir.relative_to(self.run_dir)) if plan.dir.is_relative_to(self.run_dir) else str(plan.dir)
         digest = state.config_hash(plan.config)
         action, why = state.decide(plan.dir, digest, plan.inputs, plan.outputs)
+        if self.dry_run:
+            print(f"[{plan.label}] would {dict(fresh='run').get(action, action)} ({why})", flush=True)
+            return plan
         if action == "skip":
             print(f"[{plan.label}] done ({why}), skipped", flush=True)
             self.timing.append({"stage": plan.label, "action": "skipped", "seconds": 0.0})
@@ -246,6 +250,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the loop
     def prepare(self) -> None:
+        if self.dry_run:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         base = Path(self.cfg.model.path)
         if self.cfg.model.init_tiny and not (base / "llm_config.json").exists():
@@ -285,6 +291,8 @@ class Pipeline:
                 evals.append((f"round {r}", self.evaluate(rd / "eval", model, model_inputs)))
             if cfg.report.enabled:
                 report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
+        if self.dry_run:
+            return None
         self.write_summary(time.time() - started)
         return report
 
@@ -336,5 +344,5 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig, config_path: str | None = None) -> Path | None:
-    return Pipeline(cfg, config_path).run()
+def run_pipeline(cfg: PipelineConfig, config_path: str | None = None, dry_run: bool = False) -> Path | None:
+    return Pipeline(cfg, config_path, dry_run).run()
