@@ -71,7 +71,7 @@ def crop_box(bbox: Sequence[float], size: tuple[int, int], margin: float) -> tup
 def show_region(image: PIL.Image.Image, bbox: Sequence[float], view: RegionView) -> tuple[list[PIL.Image.Image], str]:
     """Images to give the model for one region, and the phrase that names the region in a
     question (e.g. "the area inside the red rectangle")."""
-    image = to_rgb(image)
+    image = image if image.mode == "RGB" else to_rgb(image)   # the same object: questions share its prefill
     if view.mode == "mark":
         marked = image.copy()
         width = max(1, round(view.mark_width * max(image.size)))

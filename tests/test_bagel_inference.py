@@ -162,3 +162,26 @@ def test_think_mode_returns_thoughts_and_changes_the_image(tiny_model):
 def test_generation_arguments_are_validated(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_model.generate_image("a cube", **{**FAST, **kwargs})
+
+
+def test_rows_with_the_same_image_share_one_prefill(tiny_model, images, monkeypatch):
+    """Several questions about one picture: the ViT sees it once and the answers equal
+    those of separate copies of the picture."""
+    img = images[0]
+    questions = ["Is there a cat?", "Is the area (10, 20)-(300, 400) red?", "Is it blue?", "hello"]
+    seen = []
+    embed = tiny_model.embed_vit_images
+
+    def counting(tensors, *args, **kwargs):
+        seen.append(len(tensors))
+        return embed(tensors, *args, **kwargs)
+    monkeypatch.setattr(tiny_model, "embed_vit_images", counting)
+    shared = tiny_model.choice_probabilities([img, img, img, None], questions, [["Yes"], ["No"]])
+    assert seen == [1]
+    seen.clear()
+    apart = tiny_model.choice_probabilities([img.copy(), img.copy(), img.copy(), None], questions, [["Yes"], ["No"]])
+    assert seen == [3]
+    torch.testing.assert_close(shared[0], apart[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(shared[1], apart[1], rtol=0, atol=1e-6)
+    assert (tiny_model.understand([img, img], questions[:2], max_new_tokens=6)
+            == tiny_model.understand([img.copy(), img.copy()], questions[:2], max_new_tokens=6))

@@ -99,7 +99,7 @@ def judge_image(backend, image: PIL.Image.Image, prompt: str, regions: list[dict
     ``judge_global``/``judge_local`` is off. ``generator`` drives sampled retries."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
-    image = to_rgb(image)
+    image = image if image.mode == "RGB" else to_rgb(image)   # kept as is: see show_region
     for k, region in enumerate(regions):
         _check_bbox(region, k, image.size)
 

@@ -29,6 +29,7 @@ from .tokenizer import encode_text
 from .transforms import to_rgb, vae_transform, vit_transform
 
 RENORM_TYPES = ("global", "channel", "text_channel")
+CFG_BATCHING = ("batched", "sequential")
 
 
 @dataclass
@@ -53,6 +54,18 @@ def _as_list(x, name: str) -> list:
 def _check(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
+
+
+def _row_block(cache: KVCache, start: int, stop: int) -> KVCache:
+    """Rows ``start:stop`` of ``cache`` as a cache of their own that shares its storage
+    (views, no copy): keys/values written through it land in ``cache``. Only for callers
+    that sized ``cache`` already, since growing the block would detach it."""
+    block = KVCache.__new__(KVCache)
+    block.keys = [k[start:stop] for k in cache.keys]
+    block.values = [v[start:stop] for v in cache.values]
+    block.lengths = cache.lengths[start:stop]
+    block.next_pos = cache.next_pos[start:stop]
+    return block
 
 
 class BagelInferenceMixin:
@@ -174,8 +187,17 @@ class BagelInferenceMixin:
         cache = self.new_cache(len(prompts), capacity)
         if think:
             self._prefill_text(cache, [system] * len(prompts))
+        # Rows that show the very same images (same objects, e.g. every question about one
+        # picture) share its prefill: the ViT and LLM run on it once, then the rows are copied.
+        first_row: dict[tuple, int] = {}
+        leader = [first_row.setdefault(tuple(map(id, ims)), i) for i, ims in enumerate(images_per_row)]
         for k in range(max((len(ims) for ims in images_per_row), default=0)):
-            self._prefill_images(cache, [ims[k] if k < len(ims) else None for ims in images_per_row])
+            self._prefill_images(cache, [ims[k] if k < len(ims) and leader[i] == i else None
+                                         for i, ims in enumerate(images_per_row)])
+        followers = [i for i, ims in enumerate(images_per_row) if ims and leader[i] != i]
+        if followers:
+            cache.copy_rows(torch.tensor([leader[i] for i in followers], device=self.device),
+                            torch.tensor(followers, device=self.device))
         self._prefill_text(cache, prompts)
         return cache
 
@@ -302,18 +324,21 @@ class BagelInferenceMixin:
                        seed: int | Sequence[int] | None = None, generator: torch.Generator | None = None,
                        latents: torch.Tensor | None = None, output_type: str = "pil",
                        max_think_tokens: int = 1000, think_do_sample: bool = False, think_temperature: float = 0.3,
-                       think_system_prompt: str | None = None, progress: bool = False) -> ImageGenerationOutput:
+                       think_system_prompt: str | None = None, progress: bool = False,
+                       cfg_batching: str = "batched") -> ImageGenerationOutput:
         """Text-to-image with flow matching (Euler), CFG branches batched in one forward.
 
         Time runs from 1 (noise) to 0 on ``num_timesteps`` points shifted by
         ``timestep_shift``; CFG applies while ``cfg_interval[0] < t <= cfg_interval[1]``.
         ``seed`` (int: seed + i for prompt i, or one seed per prompt), ``generator`` or
         ``latents`` [B, z, H/8, W/8] fix the initial noise. Defaults are the reference
-        sampling settings used by SRUM."""
+        sampling settings used by SRUM. ``cfg_batching="sequential"`` runs one forward per
+        CFG branch instead (same result within float tolerance; a baseline for benchmarks)."""
         prompts = _as_list(prompts, "prompts")
         _check(len(prompts) > 0 and all(isinstance(p, str) for p in prompts), "prompts: expected a str or a non-empty list of str")
         self._check_generation_args(len(prompts), height, width, num_timesteps, cfg_text_scale, cfg_img_scale, cfg_interval,
                                     timestep_shift, cfg_renorm_min, cfg_renorm_type, seed, generator, latents, output_type)
+        _check(cfg_batching in CFG_BATCHING, f"cfg_batching must be one of {CFG_BATCHING}, got {cfg_batching!r}")
         n = len(prompts)
         h, w = self.latent_grid(height, width)
         text_cfg = cfg_text_scale > 1.0
@@ -336,13 +361,7 @@ class BagelInferenceMixin:
             self._prefill_text(cache, thoughts + [None] * (rows - n))
 
         x, seeds = self._initial_noise(n, h, w, seed, generator, latents)
-        tokens_per_image = h * w + 2
         pos_ids = self.latent_position_ids(height, width).to(self.device)
-        st = self.special_tokens
-        frame = self.embed_text(torch.tensor([st.vision_start, st.vision_end], device=self.device))
-        is_gen_block = torch.ones(tokens_per_image, dtype=torch.bool, device=self.device)
-        is_gen_block[[0, -1]] = False
-
         t_grid = torch.linspace(1, 0, num_timesteps, device=self.device)
         t_grid = timestep_shift * t_grid / (1 + (timestep_shift - 1) * t_grid)
         steps = range(num_timesteps - 1)
@@ -352,18 +371,14 @@ class BagelInferenceMixin:
         for i in steps:
             t, dt = float(t_grid[i]), float(t_grid[i] - t_grid[i + 1])
             use_cfg = text_cfg and cfg_interval[0] < t <= cfg_interval[1]
-            active = rows if use_cfg else n
-            # the same noisy image goes to every branch of its prompt
-            x_rows = x.repeat(active // n, 1, 1)
-            t_vec = torch.full((active * h * w,), t, device=self.device)
-            lat = self.embed_latents(x_rows.reshape(-1, x.shape[-1]), t_vec, pos_ids.repeat(active))
-            block = torch.cat([frame[:1].expand(active, 1, -1), lat.view(active, h * w, -1).to(frame.dtype),
-                               frame[1:].expand(active, 1, -1)], dim=1)
-            lengths = torch.zeros(rows, dtype=torch.long, device=self.device)
-            lengths[:active] = tokens_per_image
-            hidden = self._forward_rows(cache, block.reshape(-1, block.shape[-1]), lengths, causal=False,
-                                        single_position=True, is_gen=is_gen_block.repeat(active), commit=False)
-            v = self.llm2vae(hidden.view(active, tokens_per_image, -1)[:, 1:-1]).float()
+            if not use_cfg:
+                v = self._latent_velocity(cache, x, t, pos_ids)
+            elif cfg_batching == "batched":
+                # the same noisy image goes to every branch of its prompt
+                v = self._latent_velocity(cache, x.repeat(branches, 1, 1), t, pos_ids)
+            else:
+                v = torch.cat([self._latent_velocity(_row_block(cache, b * n, (b + 1) * n), x, t, pos_ids)
+                               for b in range(branches)])
             if use_cfg:
                 v = _combine_cfg(v.view(branches, n, h * w, -1), cfg_text_scale, cfg_img_scale if img_cfg else None,
                                  cfg_renorm_type, cfg_renorm_min)
@@ -372,6 +387,26 @@ class BagelInferenceMixin:
         latents_out = self.unpatchify_latents(x, h, w)
         images = latents_out if output_type == "latent" else self.decode_latents(latents_out)
         return ImageGenerationOutput(images=images, thoughts=thoughts, seeds=seeds)
+
+    def _latent_velocity(self, cache: KVCache, x: torch.Tensor, t: float, pos_ids: torch.Tensor) -> torch.Tensor:
+        """One denoising forward: noisy latent tokens x [active, h*w, p*p*z] for the first
+        ``active`` rows of ``cache``, at flow time t, as scratch (nothing committed) ->
+        velocity [active, h*w, p*p*z] float32. pos_ids [h*w] are the latent grid ids."""
+        active, tokens, _ = x.shape
+        st = self.special_tokens
+        frame = self.embed_text(torch.tensor([st.vision_start, st.vision_end], device=self.device))
+        # every token of the step shares t: embed it once, broadcast over the tokens
+        t_vec = torch.full((1,), t, device=self.device)
+        lat = self.embed_latents(x.reshape(active * tokens, -1), t_vec, pos_ids.repeat(active))
+        block = torch.cat([frame[:1].expand(active, 1, -1), lat.view(active, tokens, -1).to(frame.dtype),
+                           frame[1:].expand(active, 1, -1)], dim=1)
+        is_gen = torch.ones(tokens + 2, dtype=torch.bool, device=self.device)
+        is_gen[[0, -1]] = False
+        lengths = torch.zeros(cache.rows, dtype=torch.long, device=self.device)
+        lengths[:active] = tokens + 2
+        hidden = self._forward_rows(cache, block.reshape(-1, block.shape[-1]), lengths, causal=False,
+                                    single_position=True, is_gen=is_gen.repeat(active), commit=False)
+        return self.llm2vae(hidden.view(active, tokens + 2, -1)[:, 1:-1]).float()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> list[PIL.Image.Image]:

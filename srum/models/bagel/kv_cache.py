@@ -50,6 +50,15 @@ class KVCache:
         self.lengths += added.to(self.lengths)
         self.next_pos += positions_used.to(self.next_pos)
 
+    def copy_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Make rows ``dst`` [n] exact copies of rows ``src`` [n] (contents and bookkeeping),
+        e.g. to reuse one image prefill for every question about that image."""
+        for store in (self.keys, self.values):
+            for buf in store:
+                buf[dst.to(buf.device)] = buf[src.to(buf.device)]
+        self.lengths[dst] = self.lengths[src]
+        self.next_pos[dst] = self.next_pos[src]
+
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache made of copies of the given rows (e.g. to fork a context into
         several CFG branches, or repeat one context for N samples)."""
