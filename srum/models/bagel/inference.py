@@ -56,18 +56,6 @@ def _check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _row_block(cache: KVCache, start: int, stop: int) -> KVCache:
-    """Rows ``start:stop`` of ``cache`` as a cache of their own that shares its storage
-    (views, no copy): keys/values written through it land in ``cache``. Only for callers
-    that sized ``cache`` already, since growing the block would detach it."""
-    block = KVCache.__new__(KVCache)
-    block.keys = [k[start:stop] for k in cache.keys]
-    block.values = [v[start:stop] for v in cache.values]
-    block.lengths = cache.lengths[start:stop]
-    block.next_pos = cache.next_pos[start:stop]
-    return block
-
-
 class BagelInferenceMixin:
     """Methods mixed into :class:`Bagel`; they use its modules and ``tokenizer``."""
 
@@ -362,6 +350,8 @@ class BagelInferenceMixin:
 
         x, seeds = self._initial_noise(n, h, w, seed, generator, latents)
         pos_ids = self.latent_position_ids(height, width).to(self.device)
+        st = self.special_tokens
+        frame = self.embed_text(torch.tensor([st.vision_start, st.vision_end], device=self.device))
         t_grid = torch.linspace(1, 0, num_timesteps, device=self.device)
         t_grid = timestep_shift * t_grid / (1 + (timestep_shift - 1) * t_grid)
         steps = range(num_timesteps - 1)
@@ -372,12 +362,12 @@ class BagelInferenceMixin:
             t, dt = float(t_grid[i]), float(t_grid[i] - t_grid[i + 1])
             use_cfg = text_cfg and cfg_interval[0] < t <= cfg_interval[1]
             if not use_cfg:
-                v = self._latent_velocity(cache, x, t, pos_ids)
+                v = self._latent_velocity(cache, x, t, pos_ids, frame)
             elif cfg_batching == "batched":
                 # the same noisy image goes to every branch of its prompt
-                v = self._latent_velocity(cache, x.repeat(branches, 1, 1), t, pos_ids)
+                v = self._latent_velocity(cache, x.repeat(branches, 1, 1), t, pos_ids, frame)
             else:
-                v = torch.cat([self._latent_velocity(_row_block(cache, b * n, (b + 1) * n), x, t, pos_ids)
+                v = torch.cat([self._latent_velocity(cache.row_view(b * n, (b + 1) * n), x, t, pos_ids, frame)
                                for b in range(branches)])
             if use_cfg:
                 v = _combine_cfg(v.view(branches, n, h * w, -1), cfg_text_scale, cfg_img_scale if img_cfg else None,
@@ -388,13 +378,13 @@ class BagelInferenceMixin:
         images = latents_out if output_type == "latent" else self.decode_latents(latents_out)
         return ImageGenerationOutput(images=images, thoughts=thoughts, seeds=seeds)
 
-    def _latent_velocity(self, cache: KVCache, x: torch.Tensor, t: float, pos_ids: torch.Tensor) -> torch.Tensor:
+    def _latent_velocity(self, cache: KVCache, x: torch.Tensor, t: float, pos_ids: torch.Tensor,
+                         frame: torch.Tensor) -> torch.Tensor:
         """One denoising forward: noisy latent tokens x [active, h*w, p*p*z] for the first
         ``active`` rows of ``cache``, at flow time t, as scratch (nothing committed) ->
-        velocity [active, h*w, p*p*z] float32. pos_ids [h*w] are the latent grid ids."""
+        velocity [active, h*w, p*p*z] float32. pos_ids [h*w] are the latent grid ids,
+        frame [2, hidden] the embedded vision start / end tokens around the block."""
         active, tokens, _ = x.shape
-        st = self.special_tokens
-        frame = self.embed_text(torch.tensor([st.vision_start, st.vision_end], device=self.device))
         # every token of the step shares t: embed it once, broadcast over the tokens
         t_vec = torch.full((1,), t, device=self.device)
         lat = self.embed_latents(x.reshape(active * tokens, -1), t_vec, pos_ids.repeat(active))

@@ -59,6 +59,17 @@ class KVCache:
         self.lengths[dst] = self.lengths[src]
         self.next_pos[dst] = self.next_pos[src]
 
+    def row_view(self, start: int, stop: int) -> "KVCache":
+        """Rows ``start:stop`` as a cache that shares this one's storage (views, no copy):
+        what is written through it lands here. Only for a cache already sized, since
+        growing the view would detach it (e.g. one CFG branch's rows per forward)."""
+        out = KVCache.__new__(KVCache)
+        out.keys = [k[start:stop] for k in self.keys]
+        out.values = [v[start:stop] for v in self.values]
+        out.lengths = self.lengths[start:stop]
+        out.next_pos = self.next_pos[start:stop]
+        return out
+
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache made of copies of the given rows (e.g. to fork a context into
         several CFG branches, or repeat one context for N samples)."""
