@@ -7,7 +7,9 @@ A few runs are made once per module and shared by the asserts:
 * B: the same, hard-exited after step 2 (a kill), then resumed to step 4 with hybrid
   sharding (2 replicas of 1 shard: HSDP, and a different device mesh for DCP to reshard to);
 * C: A's step-2 checkpoint resumed on ONE process with 4 micro-batches per step;
-* D: one process, NaN twice in a row with max_consecutive_nonfinite=2.
+* D: one process, NaN twice in a row with max_consecutive_nonfinite=2;
+* E: as C, with every decoder layer under torch.compile (aot_eager backend: dynamo and
+  AOT autograd through activation checkpointing and FSDP2, without a C++ build).
 
 Every step sees the same 4 samples with the same noise (one epoch per step, no noise
 resampling), so the loss must fall and all three routes to step 4 must agree.
@@ -73,16 +75,19 @@ def _metrics(out: Path) -> tuple[dict[int, dict], list[str]]:
 def runs(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("train")
     rewards = write_reward_dataset(root / "data", SIZES)
-    out = {k: root / k for k in "ABCD"}
+    out = {k: root / k for k in "ABCDE"}
     result = {"A": _launch(2, _common(out["A"], tiny_dir, rewards) + ["train.grad_accum=2"])}
     assert result["A"].returncode == 0, result["A"].stderr[-3000:]
     result["B1"] = _launch(2, _common(out["B"], tiny_dir, rewards) + ["train.grad_accum=2", "debug.exit_after_step=2"])
     result["B2"] = _launch(2, _common(out["B"], tiny_dir, rewards) + [
         "train.grad_accum=2", "parallel.sharding=hybrid", "parallel.shard_size=1"])
-    (out["C"] / "checkpoints").mkdir(parents=True)
-    shutil.copytree(out["A"] / "checkpoints" / "step-000002", out["C"] / "checkpoints" / "step-000002")
-    (out["C"] / "checkpoints" / LATEST).write_text("step-000002\n")
+    for name in "CE":
+        (out[name] / "checkpoints").mkdir(parents=True)
+        shutil.copytree(out["A"] / "checkpoints" / "step-000002", out[name] / "checkpoints" / "step-000002")
+        (out[name] / "checkpoints" / LATEST).write_text("step-000002\n")
     result["C"] = _launch(None, _common(out["C"], tiny_dir, rewards) + ["train.grad_accum=4"])
+    result["E"] = _launch(None, _common(out["E"], tiny_dir, rewards) + [
+        "train.grad_accum=4", "parallel.compile=true", "parallel.compile_backend=aot_eager"])
     result["D"] = _launch(None, _common(out["D"], tiny_dir, rewards) + [
         "debug.nonfinite_steps=[1,2]", "train.max_consecutive_nonfinite=2"])
     return {"out": out, "result": result, "rewards": rewards, "tiny_dir": tiny_dir}
@@ -159,6 +164,21 @@ def test_resume_on_a_different_world_size(runs):
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], atol=1e-5, rtol=1e-4, msg=k)
     assert json.loads((out / "checkpoints" / "step-000004" / "trainer_state.json").read_text())["world_size"] == 1
+
+
+def test_compiled_layers_train_like_eager(runs):
+    e = runs["result"]["E"]
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert "compiled 2 decoder layers (aot_eager)" in e.stderr
+    eager = read_checkpoint_tensors(runs["out"]["C"] / "checkpoints" / "step-000004")
+    compiled = read_checkpoint_tensors(runs["out"]["E"] / "checkpoints" / "step-000004")
+    assert eager.keys() == compiled.keys()  # Module.compile keeps the parameter names
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], atol=1e-5, rtol=1e-4, msg=k)
+    steps_c, _ = _metrics(runs["out"]["C"])
+    steps_e, _ = _metrics(runs["out"]["E"])
+    assert steps_e[3][0]["skipped"] and steps_c[3][0]["skipped"]  # the injected NaN
+    assert steps_e[4][0]["loss"] == pytest.approx(steps_c[4][0]["loss"], rel=1e-4)
 
 
 def test_too_many_nonfinite_steps_stop_the_run(runs):

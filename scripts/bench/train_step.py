@@ -41,7 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep activations instead of recomputing each layer in backward")
     p.add_argument("--freeze-und-expert", action="store_true",
                    help="train only the generation expert (freeze.und_expert=true)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each layer's MLPs (off by default)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every decoder layer, as parallel.compile=true does (off by default)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     return p.parse_args(argv)
 
 
@@ -82,8 +84,8 @@ def main(argv=None) -> None:
                                       TrainLoopConfig)
     from srum.training.metrics import peak_flops, step_flops
     from srum.training.packing import DataPosition
-    from srum.training.parallel import (TrainingModel, build_mesh, enable_activation_checkpointing, freeze,
-                                        init_process_group, shard)
+    from srum.training.parallel import (TrainingModel, build_mesh, compile_layers, enable_activation_checkpointing,
+                                        freeze, init_process_group, shard)
     from srum.training.data import StepData
     from srum.training.trainer import encode_latents, train_step
 
@@ -99,9 +101,7 @@ def main(argv=None) -> None:
     if not args.no_activation_checkpointing:
         enable_activation_checkpointing(model)
     if args.compile:
-        for layer in model.language_model.model.layers:
-            layer.mlp.compile()
-            layer.mlp_moe_gen.compile()
+        compile_layers(model, args.compile_backend)
     mesh = build_mesh(ParallelConfig(), 1, env.device.type)
     if args.wrap == "fsdp":
         shard(model, mesh, compute)

@@ -26,8 +26,10 @@ from pathlib import Path
 from ..fileio import atomic_write_text
 
 MARKER = "stage.json"
-# settings that change how fast a stage runs, not what it writes: not part of the hash
-OPERATIONAL_KEYS = frozenset({"batch_size", "retry_errors", "num_workers", "progress"})
+# settings that change how fast a stage runs, not what it writes (beyond float rounding):
+# not part of the hash, so changing one resumes a stage instead of redoing it
+OPERATIONAL_KEYS = frozenset({"batch_size", "retry_errors", "num_workers", "progress", "vae_batch_size",
+                              "compile", "compile_backend"})
 
 
 def config_hash(config: dict) -> str:

@@ -162,17 +162,25 @@ class ParallelConfig:
     shard_size ranks (default: the ranks of one node) and replicates across groups.
     precision: "auto" = bf16 compute with fp32 master weights and gradient reduction on
     CUDA, fp32 on CPU. activation_checkpointing: recompute each decoder layer in
-    backward (use_reentrant=False)."""
+    backward (use_reentrant=False). vae_batch_size: at most this many same-size images
+    per VAE encode call (a speed/memory trade; results do not depend on it).
+    compile: torch.compile every decoder layer (off by default; worth it on GPU, where
+    the first steps pay the compile time). compile_backend: the torch.compile backend."""
 
     sharding: Literal["full", "hybrid"] = "full"
     shard_size: int | None = None
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     activation_checkpointing: bool = True
     reshard_after_forward: bool = True
+    vae_batch_size: int = 8
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self):
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"parallel.shard_size must be >= 1, got {self.shard_size}")
+        if self.vae_batch_size < 1:
+            raise ValueError(f"parallel.vae_batch_size must be >= 1, got {self.vae_batch_size}")
 
 
 @dataclass

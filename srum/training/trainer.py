@@ -68,23 +68,32 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 @torch.no_grad()
 def encode_latents(tm: TrainingModel, samples: list[TrainSample], device: torch.device,
-                   sample_posterior: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   sample_posterior: bool, max_batch: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Clean latent tokens of the samples' images, in sequence order.
 
     Returns (x0 [Ng, D], x0_gt [Ng, D] or None when every constraint image is the sample
-    itself), float32. The posterior draw of each image uses the sample's own seed."""
-    x0, x0_gt, any_reference = [], [], False
-    for s in samples:
-        gen = torch.Generator().manual_seed(s.vae_seed)
-        lat = tm.vae.encode(s.image[None].to(device, tm.dtype), sample=sample_posterior, generator=gen)
-        tokens = tm.model.patchify_latents(lat.float())[0]
-        x0.append(tokens)
-        if s.reference is not None:
-            any_reference = True
-            lat = tm.vae.encode(s.reference[None].to(device, tm.dtype), sample=sample_posterior, generator=gen)
-            x0_gt.append(tm.model.patchify_latents(lat.float())[0])
-        else:
-            x0_gt.append(tokens)
+    itself), float32. Images of the same size are encoded together, at most ``max_batch``
+    per VAE call (the encoder's activations at 1024 px are large); the posterior draw of
+    each image still uses the sample's own seed, so the result does not depend on the
+    grouping. A constraint image shares its sample's seed."""
+    # one job per image to encode: (sample index, which image, the image)
+    jobs = [(i, "image", s.image) for i, s in enumerate(samples)]
+    jobs += [(i, "reference", s.reference) for i, s in enumerate(samples) if s.reference is not None]
+    by_shape: dict[tuple, list] = {}
+    for job in jobs:
+        by_shape.setdefault(tuple(job[2].shape), []).append(job)
+    tokens: dict[tuple[int, str], torch.Tensor] = {}
+    for group in by_shape.values():
+        for start in range(0, len(group), max_batch):
+            chunk = group[start:start + max_batch]
+            images = torch.stack([im for _, _, im in chunk]).to(device, tm.dtype)
+            gens = [torch.Generator().manual_seed(samples[i].vae_seed) for i, _, _ in chunk]
+            lat = tm.vae.encode(images, sample=sample_posterior, generator=gens)
+            for (i, kind, _), lat_i in zip(chunk, lat.float().unbind(0)):
+                tokens[i, kind] = tm.model.patchify_latents(lat_i[None])[0]
+    x0 = [tokens[i, "image"] for i in range(len(samples))]
+    any_reference = any(s.reference is not None for s in samples)
+    x0_gt = [tokens.get((i, "reference"), tokens[i, "image"]) for i in range(len(samples))]
     return torch.cat(x0), (torch.cat(x0_gt) if any_reference else None)
 
 
@@ -132,7 +141,8 @@ def train_step(tm: TrainingModel, optimizer: torch.optim.Optimizer, ema: EMA | N
     sums = dict.fromkeys(_SUM_KEYS, 0.0)
     w_min, w_max = math.inf, -math.inf
     for inputs in layouts:
-        x0, x0_gt = encode_latents(tm, inputs.samples, device, cfg.data.vae_sample)
+        x0, x0_gt = encode_latents(tm, inputs.samples, device, cfg.data.vae_sample,
+                                   max_batch=cfg.parallel.vae_batch_size)
         t = inputs.latent_timesteps.to(device)[:, None]
         eps = inputs.noise.to(device)
         x_t = (1 - t) * x0 + t * eps
@@ -266,6 +276,9 @@ def train(cfg: TrainConfig) -> dict:
     log.info("model %s: %.1fM parameters, %.1fM trainable, %s compute on %s, %d rank(s), %s shard",
              tm.model_dir, n_total / 1e6, n_train / 1e6, str(tm.dtype).replace("torch.", ""), device.type, world,
              cfg.parallel.sharding)
+    if cfg.parallel.compile:
+        log.info("compiled %d decoder layers (%s); the first steps include the compile time",
+                 tm.config.llm.num_hidden_layers, cfg.parallel.compile_backend)
 
     dataset, report = build_dataset(
         cfg.data.rewards, tm.tokenizer, tm.special_tokens, max_image_size=cfg.data.max_image_size,

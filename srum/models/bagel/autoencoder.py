@@ -274,24 +274,37 @@ class AutoEncoder(nn.Module):
         self.decoder = Decoder(params)
 
     def encode(
-        self, images: Tensor, sample: bool = False, generator: torch.Generator | None = None
+        self, images: Tensor, sample: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> Tensor:
         """[B, in, H, W] in [-1, 1] -> scaled latents [B, z, H/ds, W/ds].
 
         sample=False returns the posterior mean; sample=True draws from the
         diagonal Gaussian (mean + std * noise), as Bagel does when training.
+        ``generator`` may be one generator for the batch or one per image; with one
+        per image, image i's draw is the one it would get encoded alone, so batching
+        images never changes what a seed means.
         """
         mean, logvar = self.encoder(images).chunk(2, dim=1)
         z = mean
         if sample:
-            # Draw on the generator's own device so a CPU generator also
-            # works for a model on GPU, then move the noise over.
-            noise_device = generator.device if generator is not None else mean.device
-            noise = torch.randn(mean.shape, generator=generator, device=noise_device,
-                                dtype=mean.dtype).to(mean.device)
+            gens = generator if isinstance(generator, (list, tuple)) else None
+            if gens is not None and len(gens) != mean.shape[0]:
+                raise ValueError(f"encode: {len(gens)} generators for {mean.shape[0]} images")
+            if gens is None:
+                noise = self._noise(mean.shape, generator, mean)
+            else:
+                noise = torch.cat([self._noise((1, *mean.shape[1:]), g, mean) for g in gens])
             z = mean + torch.exp(0.5 * logvar) * noise
         # Shift and scale bring the latents to roughly zero mean, unit variance.
         return self.params.scale_factor * (z - self.params.shift_factor)
+
+    @staticmethod
+    def _noise(shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
+        # Draw on the generator's own device so a CPU generator also works for a
+        # model on GPU, then move the noise over.
+        device = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents [B, z, h, w] -> images [B, out, h*ds, w*ds], unclamped."""
