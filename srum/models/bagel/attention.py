@@ -64,6 +64,11 @@ class PackedLayout:
     def to(self, device: torch.device) -> "PackedLayout":
         return PackedLayout(self.lengths.to(device), self.row.to(device), self.col.to(device), self.max_len)
 
+    @property
+    def uniform(self) -> bool:
+        """Every sequence has the same length (padding adds nothing)."""
+        return self.row.numel() == len(self.lengths) * self.max_len
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """[N, ...] -> [B, max_len, ...] with zeros in the padding."""
         out = packed.new_zeros((len(self.lengths), self.max_len, *packed.shape[1:]))
@@ -97,9 +102,11 @@ def varlen_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
         return _flash_varlen(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=layout.max_len,
                              max_seqlen_k=layout.max_len, causal=False)
     qp, kp, vp = (layout.pad(t).transpose(1, 2) for t in (q, k, v))
-    idx = torch.arange(layout.max_len, device=q.device)
-    valid = idx[None, :] < layout.lengths[:, None]  # [B, L]
-    out = _sdpa(qp, kp, vp, valid[:, None, None, :])
+    mask = None  # images of one size: no padding, and SDPA runs faster without a mask
+    if not layout.uniform:
+        idx = torch.arange(layout.max_len, device=q.device)
+        mask = (idx[None, :] < layout.lengths[:, None])[:, None, None, :]  # [B, 1, 1, L]
+    out = _sdpa(qp, kp, vp, mask)
     return layout.unpad(out.transpose(1, 2))
 
 
@@ -128,9 +135,13 @@ class CachedLayout:
         """Cache slot of every packed query token [N]."""
         return self.past[self.query.row] + self.query.col
 
-    def mask(self, key_len: int) -> torch.Tensor:
-        """[B, 1, Lq, key_len] boolean attention mask for SDPA."""
+    def mask(self, key_len: int) -> torch.Tensor | None:
+        """[B, 1, Lq, key_len] boolean attention mask for SDPA, or None when every query
+        may see every key (non-causal, every row ``key_len`` long): SDPA without a mask
+        skips the masking work. Padded query positions see anything; they are dropped."""
         device = self.past.device
+        if not self.causal and self.total.numel() and int(self.total.min()) == key_len:
+            return None
         k_idx = torch.arange(key_len, device=device)
         limit = self.total[:, None, None]
         if self.causal:
