@@ -41,15 +41,21 @@ def _naive(q, k, v, mask):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_cached_attention_matches_naive(causal):
+@pytest.mark.parametrize("causal,past,new", [
+    (True, [3, 0, 5], [2, 4, 0]),
+    (False, [3, 0, 5], [2, 4, 0]),
+    (False, [3, 1, 0], [2, 4, 5]),   # every row 5 long: SDPA runs without a mask
+    (True, [3, 1, 0], [2, 4, 5]),
+])
+def test_cached_attention_matches_naive(causal, past, new):
     g = torch.Generator().manual_seed(0)
-    past, new = torch.tensor([3, 0, 5]), torch.tensor([2, 4, 0])
+    past, new = torch.tensor(past), torch.tensor(new)
+    layout = CachedLayout(PackedLayout.from_lengths(new), past, causal)
+    assert (layout.mask(int(layout.total.max())) is None) == (not causal and len(set(layout.total.tolist())) == 1)
     heads, kv_heads, dim, cap = 4, 2, 8, 12
     k_cache = torch.randn(3, cap, kv_heads, dim, generator=g)
     v_cache = torch.randn(3, cap, kv_heads, dim, generator=g)
     q = torch.randn(int(new.sum()), heads, dim, generator=g)
-    layout = CachedLayout(PackedLayout.from_lengths(new), past, causal)
     out = cached_attention(q, k_cache, v_cache, layout)
     start = 0
     for b in range(3):
@@ -65,14 +71,18 @@ def test_cached_attention_matches_naive(causal):
         start += n
 
 
-def test_varlen_attention_isolates_sequences():
+@pytest.mark.parametrize("lengths", [[3, 5], [4, 4]])  # [4, 4]: no padding, no mask
+def test_varlen_attention_isolates_sequences(lengths):
     g = torch.Generator().manual_seed(1)
-    lengths = torch.tensor([3, 5])
-    q, k, v = (torch.randn(8, 2, 4, generator=g) for _ in range(3))
-    out = varlen_self_attention(q, k, v, PackedLayout.from_lengths(lengths))
-    full = torch.ones(3, 3, dtype=torch.bool)
-    torch.testing.assert_close(out[:3], _naive(q[:3], k[:3], v[:3], full), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out[3:], _naive(q[3:], k[3:], v[3:], torch.ones(5, 5, dtype=torch.bool)), atol=1e-5, rtol=1e-5)
+    a, b = lengths
+    q, k, v = (torch.randn(a + b, 2, 4, generator=g) for _ in range(3))
+    layout = PackedLayout.from_lengths(torch.tensor(lengths))
+    assert layout.uniform == (a == b)
+    out = varlen_self_attention(q, k, v, layout)
+    full = torch.ones(a, a, dtype=torch.bool)
+    torch.testing.assert_close(out[:a], _naive(q[:a], k[:a], v[:a], full), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[a:], _naive(q[a:], k[a:], v[a:], torch.ones(b, b, dtype=torch.bool)),
+                               atol=1e-5, rtol=1e-5)
 
 
 def _t2i_sample(model, prompt, h, w):
