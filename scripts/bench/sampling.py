@@ -44,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CFG interval (default 0,1: every step guided, so per-step times compare)")
     p.add_argument("--timestep-shift", type=float, default=3.0)
     p.add_argument("--decode", action="store_true", help="also decode the latents with the VAE (timed)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each layer's MLPs (off by default)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every decoder layer (compile: true in the generate stage; off by default)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     return p.parse_args(argv)
 
 
@@ -83,9 +85,7 @@ def main(argv=None) -> None:
     env = setup(args)
     model, desc = build_model(args, env)
     if args.compile:
-        for layer in model.language_model.model.layers:
-            layer.mlp.compile(dynamic=True)
-            layer.mlp_moe_gen.compile(dynamic=True)
+        model.language_model.model.compile_layers(args.compile_backend)
     branches = 1 + (args.cfg_text_scale > 1) + (args.cfg_text_scale > 1 and args.cfg_img_scale > 1)
     watch = CacheWatch(model)
     reporter = Reporter("sampling", env, args.out, args.md)

@@ -84,8 +84,8 @@ def main(argv=None) -> None:
                                       TrainLoopConfig)
     from srum.training.metrics import peak_flops, step_flops
     from srum.training.packing import DataPosition
-    from srum.training.parallel import (TrainingModel, build_mesh, compile_layers, enable_activation_checkpointing,
-                                        freeze, init_process_group, shard)
+    from srum.training.parallel import (TrainingModel, build_mesh, enable_activation_checkpointing, freeze,
+                                        init_process_group, shard)
     from srum.training.data import StepData
     from srum.training.trainer import encode_latents, train_step
 
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     if not args.no_activation_checkpointing:
         enable_activation_checkpointing(model)
     if args.compile:
-        compile_layers(model, args.compile_backend)
+        model.language_model.model.compile_layers(args.compile_backend)
     mesh = build_mesh(ParallelConfig(), 1, env.device.type)
     if args.wrap == "fsdp":
         shard(model, mesh, compute)

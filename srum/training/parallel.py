@@ -44,7 +44,6 @@ from .config import FreezeConfig, ParallelConfig
 
 
 __all__ = ["init_process_group", "build_mesh", "compute_dtype", "freeze", "enable_activation_checkpointing",
-           "compile_layers",
            "shard", "load_sharded_weights", "TrainingModel", "build_training_model", "GEN_HEADS"]
 
 # trained whenever the language model is not frozen entirely: the generation-only heads
@@ -129,23 +128,6 @@ def enable_activation_checkpointing(model: Bagel) -> int:
                 return checkpoint(_inner, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
 
             module.forward = checkpointed
-            count += 1
-    return count
-
-
-def compile_layers(model: nn.Module, backend: str = "inductor") -> int:
-    """``torch.compile`` every decoder layer in place (after activation checkpointing,
-    before sharding, as FSDP2 expects).
-
-    Per-layer compilation keeps the graphs small (one compile serves every layer of the
-    same shape) and leaves FSDP's per-layer hooks between the compiled regions.
-    ``Module.compile`` compiles the call, not the module, so parameter names and
-    checkpoint keys do not change. Packed sequences change length every step, so the
-    graphs are compiled with dynamic shapes after the first recompile (the default)."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, MoTDecoderLayer):
-            module.compile(backend=backend)
             count += 1
     return count
 
@@ -245,8 +227,8 @@ def build_training_model(model_path: str, weights: str, freeze_cfg: FreezeConfig
     trainable = freeze(model, freeze_cfg)
     if parallel_cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
-    if parallel_cfg.compile:
-        compile_layers(model, parallel_cfg.compile_backend)
+    if parallel_cfg.compile:  # after checkpointing, before sharding (FSDP2's order)
+        model.language_model.model.compile_layers(parallel_cfg.compile_backend)
     mesh = build_mesh(parallel_cfg, dist.get_world_size(), device.type)
     shard(model, mesh, dtype, parallel_cfg.reshard_after_forward)
     model.to_empty(device=device)

@@ -129,6 +129,19 @@ class Qwen2MoTModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+    def compile_layers(self, backend: str = "inductor") -> int:
+        """``torch.compile`` every decoder layer in place; returns how many.
+
+        Per-layer graphs stay small (one compile serves every layer of the same shape)
+        and leave room between layers for FSDP's hooks or a device hop (device_map).
+        ``Module.compile`` compiles the call, not the module, so parameter names and
+        checkpoint keys do not change. Lengths change from call to call (packed
+        sequences, prompts, cache rows): after the first recompile torch marks them
+        dynamic instead of compiling again for every length."""
+        for layer in self.layers:
+            layer.compile(backend=backend)
+        return len(self.layers)
+
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
         return rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
 
