@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from srum.config import ConfigError
-from srum.records import SCHEMA, encode_rle, validate_record
+from srum.records import SCHEMA, RecordError, carries_reward, decode_rle, encode_rle, validate_record
 from srum.rewards import GlobalRewardMissing, RewardMapConfig, pixel_reward_map, reward_weights
-from srum.rewards.raster import _box_coverage, _mask_coverage
+from srum.rewards import raster
 
 
 def region(rid, bbox, score, mask=None, **extra):
@@ -148,16 +148,72 @@ def test_l_shaped_mask_differs_from_its_box():
     assert got[0, 1].item() == pytest.approx(-0.5)
 
 
+def mask_coverage(mask, crop, grid):
+    """The rasterizer's area coverage of a bool mask [H, W] as a dense [h, w] array."""
+    height, width = mask.shape
+    rle = encode_rle(mask)
+    pieces = raster._column_pieces(*raster._ones_runs(rle, width, height, "test"), height)
+    out = np.zeros(grid)
+    covered = raster._mask_cell_coverage(pieces, crop, width, height, grid)
+    if covered is not None:
+        rows, cols, coverage = covered
+        out[rows, cols] = coverage
+    return out
+
+
 def test_mask_coverage_general_path_is_exact_area():
     rng = np.random.default_rng(0)
     boxes = [[3, 5, 41, 30], [0, 0, 64, 32], [17, 2, 18, 31]]
-    masks = torch.from_numpy(np.stack([box_mask(b, 64, 32) for b in boxes]))
-    for crop, grid in [((0, 0, 64, 32), (3, 5)), ((10.5, 2.0, 50.25, 31.0), (4, 7)), ((8, 0, 56, 32), (2, 4))]:
-        expected = _box_coverage(torch.tensor(boxes, dtype=torch.float64), crop, grid)
-        torch.testing.assert_close(_mask_coverage(masks, crop, grid), expected, atol=1e-5, rtol=0)
-    random_mask = torch.from_numpy(rng.random((1, 32, 64)) < 0.5)
-    cov = _mask_coverage(random_mask, (0, 0, 64, 32), (3, 5))
-    assert cov.sum().item() * (64 / 5) * (32 / 3) == pytest.approx(random_mask.sum().item(), rel=1e-5)
+    for crop, grid in [((0, 0, 64, 32), (3, 5)), ((10.5, 2.0, 50.25, 31.0), (4, 7)), ((8, 0, 56, 32), (2, 4)),
+                       ((0, 0, 64, 32), (70, 130)), ((1.5, 0.5, 60.5, 31.5), (32, 64))]:
+        rows, cols = raster._box_axis_coverage(np.array(boxes, dtype=np.float64), crop, grid)
+        for box, row_cov, col_cov in zip(boxes, rows, cols):
+            np.testing.assert_allclose(mask_coverage(box_mask(box, 64, 32), crop, grid),
+                                       np.outer(row_cov, col_cov), atol=1e-12, rtol=0)
+    random_mask = rng.random((32, 64)) < 0.5
+    cov = mask_coverage(random_mask, (0, 0, 64, 32), (3, 5))
+    assert cov.sum() * (64 / 5) * (32 / 3) == pytest.approx(random_mask.sum(), rel=1e-12)
+    assert mask_coverage(np.zeros((32, 64), dtype=bool), (0, 0, 64, 32), (3, 5)).sum() == 0
+
+
+@pytest.mark.parametrize("start, end, pixels, cells", [
+    (0.0, 64.0, 64, 4), (0.0, 64.0, 64, 5), (10.5, 50.25, 64, 7), (0.0, 7.0, 7, 30), (2.0, 5.0, 9, 3),
+    (0.25, 99.75, 100, 100), (0.0, 1.0, 1, 1), (3.0, 3.5, 4, 2)])
+def test_axis_bands_are_area_fractions(start, end, pixels, cells, monkeypatch):
+    """Every cell's pixels add up to the whole cell; sparse and dense forms agree."""
+    bands = raster._axis_bands.__wrapped__(start, end, pixels, cells)
+    monkeypatch.setattr(raster, "_DENSE_BAND_ENTRIES", 0)
+    sparse = raster._axis_bands.__wrapped__(start, end, pixels, cells)
+    assert bands.dense is not None and sparse.dense is None
+    lengths = np.diff(bands.bounds).astype(np.float64)
+    np.testing.assert_allclose(bands.dense @ lengths, np.ones(cells), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(np.bincount(bands.cell, bands.weight * lengths[bands.interval]), np.ones(cells),
+                               atol=1e-12, rtol=0)
+    counts = np.random.default_rng(1).integers(0, 5, (lengths.size, 3)).astype(np.float64)
+    for k0 in range(0, lengths.size, max(1, lengths.size // 3)):
+        for k1 in (k0 + 1, lengths.size):
+            cells_dense, dense = bands.apply(counts[k0:k1], k0)
+            cells_sparse, fractions = sparse.apply(counts[k0:k1], k0)
+            assert cells_dense == cells_sparse
+            np.testing.assert_allclose(fractions, dense, atol=1e-12, rtol=0)
+            full = np.zeros_like(counts)
+            full[k0:k1] = counts[k0:k1]
+            outside = np.ones(cells, dtype=bool)
+            outside[cells_dense] = False
+            np.testing.assert_allclose((bands.dense @ full)[cells_dense], dense, atol=1e-12, rtol=0)
+            assert not (bands.dense @ full)[outside].any()
+
+
+def test_broken_mask_is_a_record_error():
+    rec = record([region(0, A, 0.4, mask=encode_rle(box_mask(A, 64, 32)))])
+    rec["regions"][0]["mask"] = {"size": [32, 64], "counts": [5, 3]}
+    with pytest.raises(RecordError, match="img_0 region 0: mask RLE counts"):
+        reward_weights(rec, GRID, RewardMapConfig(region_shape="mask"))
+    rec["regions"][0]["mask"] = {"size": [16, 64], "counts": [16 * 64]}
+    with pytest.raises(RecordError, match=r"img_0 region 0: mask size \[16, 64\]"):
+        reward_weights(rec, GRID, RewardMapConfig(region_shape="mask"))
+    # Box regions do not read the mask.
+    reward_weights(rec, GRID, RewardMapConfig())
 
 
 # --------------------------------------------------------------------------- geometry
@@ -217,3 +273,207 @@ def test_pixel_reward_map():
     assert pixels[20, 23] == pytest.approx(0.0)      # background
     assert pixels[20, 24] == pytest.approx(-0.48)    # first column of B
     assert np.isclose(pixels, 0.32).sum() == 32 * 16  # A is 32 x 16 pixels
+
+
+# --------------------------------------------------------------------------- against a slow reference
+#
+# A direct dense float64 computation of the documented rule: coverage of every region as a
+# full [h, w] map (boxes: outer product of the 1-D overlaps; masks: area weights of every
+# pixel for every cell, applied as dense matrices), membership ``coverage >= threshold - 1e-6``,
+# then the combination. The rasterizer must give the same maps and statistics.
+
+def _fractions(lo, hi, n):
+    """[K] normalised intervals -> [K, n] fraction of each of n equal cells of [0, 1] covered."""
+    edges = np.arange(n + 1, dtype=np.float64) / n
+    return np.maximum(np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1]), 0) * n
+
+
+def _pixel_weights(start, end, pixels, cells):
+    """[cells, pixels]: fraction of each cell covered by each pixel of the crop [start, end]."""
+    pix = np.arange(pixels, dtype=np.float64)
+    return _fractions(np.clip((pix - start) / (end - start), 0, 1),
+                      np.clip((pix + 1 - start) / (end - start), 0, 1), cells).T
+
+
+def reference_weights(rec, grid, cfg, crop=None, missing_global="skip"):
+    h, w = grid
+    width, height = rec["width"], rec["height"]
+    x0, y0, x1, y1 = (0.0, 0.0, float(width), float(height)) if crop is None else (float(v) for v in crop)
+    glob = rec["global"]
+    if not cfg.use_global:
+        alpha = 1.0
+    elif not carries_reward(glob):
+        if missing_global == "skip":
+            raise GlobalRewardMissing("reference")
+        alpha = 0.5
+    else:
+        alpha = (glob["score"] + 1.0) / 2.0
+    background = cfg.background_value
+    rewarded = [r for r in rec["regions"] if carries_reward(r)]
+    values = cfg.region_value(torch.tensor([float(r["score"]) for r in rewarded], dtype=torch.float64)).numpy()
+    used = fallbacks = 0
+    if cfg.sample_level or not rewarded:
+        reward = np.full(grid, values.mean() if cfg.sample_level and rewarded else background)
+        used = len(rewarded) if cfg.sample_level else 0
+    else:
+        coverage = []
+        for r in rewarded:
+            if cfg.region_shape == "mask" and r["mask"] is not None:
+                cov = (_pixel_weights(y0, y1, height, h) @ decode_rle(r["mask"]).astype(np.float64)
+                       @ _pixel_weights(x0, x1, width, w).T)
+            else:
+                fallbacks += cfg.region_shape == "mask"
+                bx0, by0, bx1, by1 = r["bbox"]
+                rows = _fractions(np.clip([(by0 - y0) / (y1 - y0)], 0, 1), np.clip([(by1 - y0) / (y1 - y0)], 0, 1), h)
+                cols = _fractions(np.clip([(bx0 - x0) / (x1 - x0)], 0, 1), np.clip([(bx1 - x0) / (x1 - x0)], 0, 1), w)
+                cov = np.outer(rows[0], cols[0])
+            coverage.append(cov)
+        member = np.stack(coverage) >= cfg.coverage_threshold - 1e-6          # [R, h, w]
+        used = int(member.reshape(len(rewarded), -1).any(axis=1).sum())
+        covered = member.any(axis=0)
+        vals = values[:, None, None] * np.ones_like(member, dtype=np.float64)
+        if cfg.overlap == "max":
+            combined = np.where(member, vals, -np.inf).max(axis=0)
+        elif cfg.overlap == "mean":
+            combined = (vals * member).sum(axis=0) / np.maximum(member.sum(axis=0), 1)
+        else:
+            combined = values[(np.arange(1, len(rewarded) + 1)[:, None, None] * member).argmax(axis=0)]
+        if cfg.mode == "official":
+            combined = np.maximum(combined, background)
+        reward = np.where(covered, combined, background)
+    weights = (alpha * reward).astype(np.float32)
+    stats = {"regions_used": used, "regions_empty": 0 if cfg.sample_level else len(rewarded) - used,
+             "mask_fallbacks": fallbacks if not cfg.sample_level else 0}
+    return weights, stats
+
+
+def random_record(rng, width, height, regions):
+    yy, xx = np.mgrid[0:height, 0:width]
+    out = []
+    for i in range(regions):
+        bx0, by0 = rng.uniform(-0.2, 0.9) * width, rng.uniform(-0.2, 0.9) * height
+        box = [max(0.0, bx0), max(0.0, by0), min(width, bx0 + rng.uniform(0.05, 0.7) * width),
+               min(height, by0 + rng.uniform(0.05, 0.7) * height)]
+        if rng.random() < 0.5:
+            box = [float(round(v)) for v in box]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            box = [0.0, 0.0, float(width), float(height)]
+        kind = rng.integers(4)
+        if kind == 0:
+            mask = None                                               # falls back to the box
+        elif kind == 1:
+            mask = rng.random((height, width)) < rng.uniform(0.1, 0.9)  # noise, beyond the box too
+        elif kind == 2:                                               # ellipse inside the box
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            rx, ry = (box[2] - box[0]) / 2 + 0.5, (box[3] - box[1]) / 2 + 0.5
+            mask = ((xx + 0.5 - cx) / rx) ** 2 + ((yy + 0.5 - cy) / ry) ** 2 <= 1.0
+        else:
+            mask = box_mask([int(box[0]), int(box[1]), int(np.ceil(box[2])), int(np.ceil(box[3]))], width, height)
+        score = float(rng.choice([rng.uniform(-1, 1), rng.uniform(-1, 1), 0.0, 1.0, -1.0]))
+        extra = {"status": "failed", "score": None} if rng.random() < 0.1 else {}
+        out.append(region(i, box, score, mask=None if mask is None else encode_rle(mask), **extra))
+    return record(out, width=width, height=height, global_score=float(rng.uniform(-1, 1)))
+
+
+CONFIGS = [dict(), dict(region_shape="mask"), dict(overlap="mean"), dict(overlap="last", region_shape="mask"),
+           dict(mode="signed", region_shape="mask"), dict(mode="signed", overlap="mean", region_shape="mask"),
+           dict(mode="signed", overlap="last"), dict(region_shape="mask", coverage_threshold=1.0),
+           dict(mode="signed", region_shape="mask", coverage_threshold=0.25, background=0.1),
+           dict(region_shape="mask", coverage_threshold=1e-7),  # at most eps: zero coverage counts too
+           dict(region_shape="mask", binarize=True, use_global=False), dict(sample_level=True, region_shape="mask")]
+
+
+def cases(rng, width, height):
+    """(crop, grid) pairs: whole image, integral and fractional crops; grids coarser than,
+    equal to (one cell per pixel) and finer than the pixels, dividing or not."""
+    ix0, iy0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+    int_crop = (ix0, iy0, int(rng.integers(ix0 + 1, width + 1)), int(rng.integers(iy0 + 1, height + 1)))
+    fx0, fy0 = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
+    frac_crop = (fx0, fy0, rng.uniform(fx0 + 1, width), rng.uniform(fy0 + 1, height))
+    out = []
+    for crop in (None, int_crop, frac_crop):
+        cw, ch = (width, height) if crop is None else (crop[2] - crop[0], crop[3] - crop[1])
+        out += [(crop, (int(rng.integers(1, 9)), int(rng.integers(1, 9)))),
+                (crop, (max(1, int(ch)), max(1, int(cw)))),
+                (crop, (int(rng.integers(1, 2 * height)), int(rng.integers(1, 2 * width))))]
+        if crop is not int_crop and int(ch) % 2 == 0 and int(cw) % 2 == 0:
+            out.append((crop, (int(ch) // 2, int(cw) // 2)))
+    return out
+
+
+@pytest.fixture(params=["dense", "sparse"])
+def band_form(request, monkeypatch):
+    """Run with the small-axis dense band matrices and with the sparse form large axes use."""
+    if request.param == "sparse":
+        monkeypatch.setattr(raster, "_DENSE_BAND_ENTRIES", 0)
+    raster._axis_bands.cache_clear()
+    yield request.param
+    raster._axis_bands.cache_clear()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_slow_reference_on_random_records(seed, band_form):
+    rng = np.random.default_rng(seed)
+    for width, height in [(int(rng.integers(6, 40)), int(rng.integers(6, 40))), (32, 24)]:
+        rec = random_record(rng, width, height, int(rng.integers(1, 7)))
+        for crop, grid in cases(rng, width, height):
+            for cfg in CONFIGS:
+                config = RewardMapConfig(**cfg)
+                got, stats = reward_weights(rec, grid, config, crop_box=crop)
+                expected, expected_stats = reference_weights(rec, grid, config, crop)
+                where = f"{width}x{height} crop {crop} grid {grid} {cfg}"
+                np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0, err_msg=where)
+                assert {k: stats[k] for k in expected_stats} == expected_stats, where
+                assert (stats["min"], stats["max"]) == (float(expected.min()), float(expected.max())), where
+                assert stats["mean"] == pytest.approx(float(expected.mean()), abs=1e-6), where
+
+
+def test_pixel_map_matches_reference_with_masks():
+    """The picture path (one cell per pixel) on a bench-like record: overlapping ellipses."""
+    rng = np.random.default_rng(7)
+    rec = random_record(rng, 96, 80, 10)
+    for cfg in CONFIGS:
+        config = RewardMapConfig(**cfg)
+        expected, _ = reference_weights(rec, (80, 96), config)
+        np.testing.assert_allclose(pixel_reward_map(rec, config), expected, atol=1e-6, rtol=0, err_msg=str(cfg))
+
+
+def test_box_edges_on_cell_middles_count_half():
+    """Fractional box edges on the pixel grid and on a coarse grid: an edge on a cell's
+    middle gives exactly 0.5 coverage, claimed at threshold 0.5, not at 0.5 + 1e-5; a
+    corner cell with two such edges has 0.25."""
+    rec = record([region(0, [2.5, 1.5, 6.5, 3.0], 1.0)], width=8, height=4)
+    expected = np.zeros((4, 8), dtype=np.float32)
+    expected[1:3, 2:7] = 1.0
+    expected[1, 2] = expected[1, 6] = 0.0  # corners: 0.5 * 0.5
+    got, _ = reward_weights(rec, (4, 8), RewardMapConfig(mode="signed", use_global=False))
+    np.testing.assert_array_equal(got.numpy(), expected)
+    expected[1, :] = 0.0
+    expected[:, 2] = expected[:, 6] = 0.0
+    got, _ = reward_weights(rec, (4, 8), RewardMapConfig(mode="signed", use_global=False,
+                                                          coverage_threshold=0.5 + 1e-5))
+    np.testing.assert_array_equal(got.numpy(), expected)
+    # Coarse: 2 x 2 cells of 4 x 2 pixels; the box covers half of cell (1, 0) in x.
+    got, _ = reward_weights(record([region(0, [2.0, 2.0, 8.0, 4.0], 1.0)], width=8, height=4), (2, 2),
+                            RewardMapConfig(mode="signed", use_global=False))
+    np.testing.assert_array_equal(got.numpy(), [[0.0, 0.0], [1.0, 1.0]])
+
+
+def test_pixel_map_of_cropped_mask_is_the_mask():
+    """An integral crop at one cell per pixel: the map is the cropped mask itself."""
+    rng = np.random.default_rng(3)
+    mask = rng.random((32, 64)) < 0.3
+    rec = record([region(0, [0, 0, 64, 32], 0.5, mask=encode_rle(mask))])
+    crop = (5, 3, 50, 30)
+    got, stats = reward_weights(rec, (27, 45), RewardMapConfig(mode="signed", use_global=False,
+                                                               region_shape="mask"), crop_box=crop)
+    np.testing.assert_array_equal(got.numpy(), np.where(mask[3:30, 5:50], 0.5, 0.0).astype(np.float32))
+    assert stats["regions_used"] == 1
+    # A mask with no pixel inside the crop claims nothing.
+    outside = np.zeros((32, 64), dtype=bool)
+    outside[:, 55:] = True
+    rec = record([region(0, [55, 0, 64, 32], 0.5, mask=encode_rle(outside))])
+    for grid in ((27, 45), (4, 4)):
+        got, stats = reward_weights(rec, grid, RewardMapConfig(region_shape="mask"), crop_box=crop)
+        assert stats["regions_used"] == 0 and stats["regions_empty"] == 1
+        assert (got.numpy() == np.float32(0.5 * 0.8)).all()

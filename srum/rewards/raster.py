@@ -19,19 +19,32 @@ Per cell the steps are:
    floor under the combined value;
 5. *global weight* ``alpha = (g+1)/2`` (or 1 when the global reward is switched off);
    the returned weight is ``alpha * R``.
+
+How it is computed (the map is built per region on the cells the region touches; nothing
+of size ``[regions, h, w]`` or float per full-resolution pixel exists):
+
+* a box's coverage is separable: the outer product of its 1-D row and column coverages
+  (float64, exact at cell middles); only its bounding cells are compared to the threshold;
+* a mask is never decoded to a full image: its RLE runs are split into per-column pieces,
+  counted per interval of pixels (the pixels between two cell edges, and each pixel that a
+  cell edge cuts), and pooled with the exact area weights of those intervals, cached per
+  axis; at one cell per pixel the (cropped) mask itself is decoded straight to bool over
+  its extent;
+* ``max`` and ``last`` paint each region's final float32 weight over its cells in an order
+  that leaves the winner on top; ``mean`` keeps a sum and a count per cell.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..records import RecordError, carries_reward, decode_rle
+from ..records import RecordError, carries_reward
 
 __all__ = ["RewardMapConfig", "GlobalRewardMissing", "reward_weights", "pixel_reward_map"]
 
@@ -111,57 +124,294 @@ class RewardMapConfig:
 
 
 # --------------------------------------------------------------------------- coverage
+#
+# Coverages are float64 (they are compared against ``coverage_threshold``) and exist only
+# for the cells a region touches.
 
-def _overlap_fraction(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+def _overlap_fraction(lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
     """Fraction of each of ``n`` equal cells of [0, 1] covered by intervals ``[lo, hi]``.
 
-    lo, hi: [K] normalised coordinates -> [K, n]."""
-    edges = torch.arange(n + 1, dtype=torch.float64) / n
-    left, right = edges[:-1], edges[1:]
-    inter = torch.minimum(hi[:, None], right[None, :]) - torch.maximum(lo[:, None], left[None, :])
-    return inter.clamp(min=0.0) * n
+    lo, hi: [K] normalised coordinates (float64) -> [K, n] float64. The cell edges are
+    ``k / n`` exactly, so an interval ending on a cell's middle gives exactly 0.5."""
+    edges = np.arange(n + 1, dtype=np.float64) / n
+    inter = np.minimum(hi[:, None], edges[None, 1:]) - np.maximum(lo[:, None], edges[None, :-1])
+    return np.maximum(inter, 0.0) * n
 
 
-def _box_coverage(boxes: torch.Tensor, crop: tuple[float, float, float, float],
-                  grid_hw: tuple[int, int]) -> torch.Tensor:
-    """boxes [R, 4] (saved-image pixels) -> coverage [R, h, w] in [0, 1]."""
+def _box_axis_coverage(boxes: np.ndarray, crop: tuple[float, float, float, float],
+                       grid_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """boxes [R, 4] (saved-image pixels) -> (row coverage [R, h], column coverage [R, w]).
+
+    A box's coverage of cell (i, j) is the product ``rows[r, i] * cols[r, j]``."""
     x0, y0, x1, y1 = crop
-    u1 = ((boxes[:, 0] - x0) / (x1 - x0)).clamp(0, 1)
-    u2 = ((boxes[:, 2] - x0) / (x1 - x0)).clamp(0, 1)
-    v1 = ((boxes[:, 1] - y0) / (y1 - y0)).clamp(0, 1)
-    v2 = ((boxes[:, 3] - y0) / (y1 - y0)).clamp(0, 1)
+    u1 = np.clip((boxes[:, 0] - x0) / (x1 - x0), 0.0, 1.0)
+    u2 = np.clip((boxes[:, 2] - x0) / (x1 - x0), 0.0, 1.0)
+    v1 = np.clip((boxes[:, 1] - y0) / (y1 - y0), 0.0, 1.0)
+    v2 = np.clip((boxes[:, 3] - y0) / (y1 - y0), 0.0, 1.0)
     h, w = grid_hw
-    return _overlap_fraction(v1, v2, h)[:, :, None] * _overlap_fraction(u1, u2, w)[:, None, :]
+    return _overlap_fraction(v1, v2, h), _overlap_fraction(u1, u2, w)
 
 
-def _pixel_to_cell(start: float, end: float, pixels: int, cells: int) -> torch.Tensor:
-    """Matrix [cells, pixels]: fraction of each cell's extent covered by each pixel, for a
-    crop ``[start, end]`` of a ``pixels``-long axis split into ``cells`` cells."""
-    pix = torch.arange(pixels, dtype=torch.float64)
-    lo = ((pix - start) / (end - start)).clamp(0, 1)
-    hi = ((pix + 1 - start) / (end - start)).clamp(0, 1)
-    return _overlap_fraction(lo, hi, cells).T.contiguous()
+def _ones_runs(rle, width: int, height: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """COCO uncompressed RLE -> the runs of set pixels as flat column-major ``[start, end)``
+    offsets (two int64 arrays, increasing; empty runs dropped). Nothing is decoded."""
+    try:
+        size = [int(v) for v in rle["size"]]
+        counts = np.asarray(rle["counts"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise RecordError(f"{where}: mask is not an uncompressed RLE: {err}") from None
+    if size != [height, width]:
+        raise RecordError(f"{where}: mask size {size} != [height, width] = [{height}, {width}]")
+    if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != height * width:
+        raise RecordError(f"{where}: mask RLE counts must be non-negative and sum to {height}*{width}")
+    ends = np.cumsum(counts)
+    starts, ends = (ends - counts)[1::2], ends[1::2]  # odd runs are the set pixels
+    keep = ends > starts
+    return starts[keep], ends[keep]
 
 
-def _mask_coverage(masks: torch.Tensor, crop: tuple[float, float, float, float],
-                   grid_hw: tuple[int, int]) -> torch.Tensor:
-    """masks [R, H, W] bool (saved image) -> coverage [R, h, w]: area average per cell."""
+def _column_pieces(starts: np.ndarray, ends: np.ndarray, height: int) -> tuple[np.ndarray, ...]:
+    """Flat column-major runs -> their pieces within single columns: (col, y0, y1), each
+    [P] int64, set rows ``[y0, y1)`` of column ``col``, in flat order."""
+    first, last = starts // height, (ends - 1) // height
+    per_run = last - first + 1
+    run = np.repeat(np.arange(starts.size), per_run)
+    col = first[run] + np.arange(run.size) - np.repeat(np.cumsum(per_run) - per_run, per_run)
+    y0 = np.where(col == first[run], starts[run] - col * height, 0)
+    y1 = np.where(col == last[run], ends[run] - col * height, height)
+    return col, y0, y1
+
+
+# Below this many matrix entries a band's weights are also kept dense: a small matmul is
+# cheaper than gathering and reducing the sparse entries (e.g. 64 cells over 1024 pixels).
+_DENSE_BAND_ENTRIES = 1 << 15
+
+
+@dataclasses.dataclass(frozen=True)
+class _AxisBands:
+    """Area weights of one axis: pixels grouped into intervals, each either one pixel or a
+    run of whole pixels inside one cell, and the sparse matrix ``[cells, intervals]`` of
+    per-pixel weights (the fraction of a cell's extent that one pixel of the interval
+    covers), stored as its non-zero entries sorted by cell (every cell has one), and dense
+    as well when small. Shared between calls (cached): the arrays are read-only."""
+
+    bounds: np.ndarray      # [m + 1] int64 pixel boundaries of the m intervals
+    cell: np.ndarray        # [nnz] int64, non-decreasing
+    interval: np.ndarray    # [nnz] int64
+    weight: np.ndarray      # [nnz] float64
+    row_start: np.ndarray   # [cells + 1] index of each cell's first entry, then nnz
+    first_cell: np.ndarray  # [m] first / last cell each interval overlaps (non-decreasing)
+    last_cell: np.ndarray   # [m]
+    dense: np.ndarray | None  # [cells, m] float64, or None for large axes
+
+    def apply(self, per_interval: np.ndarray, k0: int = 0) -> tuple[slice, np.ndarray]:
+        """Counts [n, k] for the intervals ``k0 .. k0 + n - 1`` (the others count 0) ->
+        (the cells those intervals overlap, their area fractions [len(cells), k])."""
+        k1 = k0 + per_interval.shape[0]
+        c0, c1 = int(self.first_cell[k0]), int(self.last_cell[k1 - 1]) + 1
+        if self.dense is not None:
+            return slice(c0, c1), self.dense[c0:c1, k0:k1] @ per_interval
+        e0, e1 = int(self.row_start[c0]), int(self.row_start[c1])
+        local = self.interval[e0:e1] - k0
+        inside = (local >= 0) & (local < k1 - k0)
+        weighted = np.where(inside, self.weight[e0:e1], 0.0)[:, None] * per_interval[np.clip(local, 0, k1 - k0 - 1)]
+        return slice(c0, c1), np.add.reduceat(weighted, self.row_start[c0:c1] - e0, axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_bands(start: float, end: float, pixels: int, cells: int) -> _AxisBands:
+    """Bands for a crop ``[start, end]`` of a ``pixels``-long axis split into ``cells``.
+
+    The weights are the reference area fractions: in normalised crop coordinates, a pixel
+    ``[lo, hi]`` covers ``(min(hi, (i+1)/n) - max(lo, i/n)) * n`` of cell ``i``."""
+    length = end - start
+    first_pix, last_pix = math.floor(start), min(pixels, math.ceil(end))
+    # A pixel holding a cell edge (or a crop edge) inside it is an interval of its own;
+    # the pixels between two such pixels all lie inside one cell.
+    edges = start + np.arange(cells + 1, dtype=np.float64) * (length / cells)
+    bounds = np.unique(np.clip(np.concatenate([np.floor(edges), np.ceil(edges), [first_pix, last_pix]]),
+                               first_pix, last_pix)).astype(np.int64)
+    # The intervals' [lo, hi] tile [0, 1] exactly (shared bounds, the first clipped to 0,
+    # the last to 1), so every cell overlaps some interval by a positive amount.
+    lo = np.clip((bounds[:-1] - start) / length, 0.0, 1.0)
+    hi = np.clip((bounds[1:] - start) / length, 0.0, 1.0)
+    # Candidate cells of each interval, widened by one on each side against rounding;
+    # candidates with a zero overlap are dropped below.
+    first = np.clip(np.floor(lo * cells).astype(np.int64) - 1, 0, cells - 1)
+    last = np.clip(np.ceil(hi * cells).astype(np.int64) + 1, 0, cells - 1)
+    per_interval = last - first + 1
+    interval = np.repeat(np.arange(lo.size), per_interval)
+    cell = first[interval] + np.arange(interval.size) - np.repeat(np.cumsum(per_interval) - per_interval,
+                                                                  per_interval)
+    inter = np.minimum(hi[interval], (cell + 1) / cells) - np.maximum(lo[interval], cell / cells)
+    weight = np.maximum(inter, 0.0) * cells / np.diff(bounds)[interval]
+    keep = weight > 0
+    order = np.argsort(cell[keep], kind="stable")
+    cell, interval, weight = cell[keep][order], interval[keep][order], weight[keep][order]
+    row_start = np.searchsorted(cell, np.arange(cells + 1))
+    if np.any(np.diff(row_start) == 0):  # reduceat needs one entry per cell
+        raise AssertionError(f"axis bands left a cell without pixels: {start}..{end} of {pixels} in {cells}")
+    first_cell = np.full(lo.size, cells, dtype=np.int64)
+    last_cell = np.full(lo.size, -1, dtype=np.int64)
+    np.minimum.at(first_cell, interval, cell)
+    np.maximum.at(last_cell, interval, cell)
+    dense = None
+    if cells * lo.size <= _DENSE_BAND_ENTRIES:
+        dense = np.zeros((cells, lo.size), dtype=np.float64)
+        np.add.at(dense, (cell, interval), weight)
+    bands = _AxisBands(bounds, cell, interval, weight, row_start, first_cell, last_cell, dense)
+    for array in dataclasses.astuple(bands):
+        if array is not None:
+            array.flags.writeable = False
+    return bands
+
+
+def _interval_counts(col: np.ndarray, y0: np.ndarray, y1: np.ndarray, x_bounds: np.ndarray,
+                     y_bounds: np.ndarray) -> np.ndarray:
+    """Set pixels per (column interval, row interval): [mx, my] float64 (exact integers).
+
+    col, y0, y1: [P] column pieces, all inside the bounds' extent."""
+    mx, my = x_bounds.size - 1, y_bounds.size - 1
+    kx = np.searchsorted(x_bounds, col, side="right") - 1
+    ka = np.searchsorted(y_bounds, y0, side="right") - 1   # row interval holding y0
+    kb = np.searchsorted(y_bounds, y1, side="left") - 1    # row interval holding y1 - 1
+    same = ka == kb
+    # Partial first / last row intervals of each piece ...
+    index = np.concatenate([kx * my + ka, (kx * my + kb)[~same]])
+    amount = np.concatenate([np.where(same, y1 - y0, y_bounds[np.minimum(ka + 1, my)] - y0),
+                             (y1 - y_bounds[kb])[~same]])
+    counts = np.bincount(index, weights=amount, minlength=mx * my).reshape(mx, my)
+    # ... and the row intervals strictly between them, in full (difference array + cumsum).
+    inner = ~same
+    delta = (np.bincount(kx[inner] * my + ka[inner] + 1, minlength=mx * my)
+             - np.bincount(kx[inner] * my + kb[inner], minlength=mx * my)).reshape(mx, my)
+    return counts + np.cumsum(delta, axis=1) * np.diff(y_bounds)[None, :]
+
+
+def _mask_cell_coverage(pieces: tuple[np.ndarray, ...], crop: tuple[float, float, float, float],
+                        width: int, height: int, grid_hw: tuple[int, int]
+                        ) -> tuple[slice, slice, np.ndarray] | None:
+    """Area average of a mask (its column pieces) over the cells its pixels touch:
+    (rows, cols, coverage [len(rows), len(cols)] float64); None when no set pixel is in the
+    crop. Other cells have coverage 0.
+
+    Exact for any crop and grid, including cells whose edges fall inside pixels (such a
+    pixel counts for the fraction of it inside each cell)."""
     x0, y0, x1, y1 = crop
-    _, height, width = masks.shape
     h, w = grid_hw
-    integral = all(float(v).is_integer() for v in crop)
-    if integral:
-        xi0, yi0, xi1, yi1 = (int(v) for v in crop)
-        cropped = masks[:, yi0:yi1, xi0:xi1].to(torch.float32)
-        ch, cw = yi1 - yi0, xi1 - xi0
-        if (ch, cw) == (h, w):
-            return cropped.to(torch.float64)
-        if ch % h == 0 and cw % w == 0:  # whole pixels per cell: a plain average pool is exact
-            return F.avg_pool2d(cropped[:, None], kernel_size=(ch // h, cw // w))[:, 0].to(torch.float64)
-    # General case (fractional crop or cells straddling pixels): exact area weights.
-    rows = _pixel_to_cell(y0, y1, height, h).to(torch.float32)   # [h, H]
-    cols = _pixel_to_cell(x0, x1, width, w).to(torch.float32)    # [w, W]
-    return (rows @ masks.to(torch.float32) @ cols.T).to(torch.float64)
+    row_bands, col_bands = _axis_bands(y0, y1, height, h), _axis_bands(x0, x1, width, w)
+    xb, yb = col_bands.bounds, row_bands.bounds
+    col, top, bottom = pieces
+    top, bottom = np.maximum(top, yb[0]), np.minimum(bottom, yb[-1])
+    keep = (col >= xb[0]) & (col < xb[-1]) & (bottom > top)
+    if not keep.any():
+        return None
+    col, top, bottom = col[keep], top[keep], bottom[keep]
+    # Only the intervals between the first and last set pixel are counted.
+    kx0, kx1 = np.searchsorted(xb, [col[0], col[-1]], side="right") - 1   # pieces in column order
+    ky0 = int(np.searchsorted(yb, top.min(), side="right")) - 1
+    ky1 = int(np.searchsorted(yb, bottom.max(), side="left")) - 1
+    counts = _interval_counts(col, top, bottom, xb[kx0:kx1 + 2], yb[ky0:ky1 + 2])  # [mx, my]
+    cols, per_col = col_bands.apply(counts, int(kx0))      # [w', my]
+    rows, coverage = row_bands.apply(per_col.T, ky0)       # [h', w']
+    return rows, cols, coverage
+
+
+# --------------------------------------------------------------------------- membership
+
+# A box spanning more cells than this forms its coverage products per distinct value.
+_DIRECT_BOX_CELLS = 1 << 14
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    """The cells a region claims: ``block`` [len(rows), len(cols)] bool of the sub-grid
+    ``[rows, cols]`` (possibly a strided view), or None when it claims all of it."""
+
+    rows: slice
+    cols: slice
+    block: np.ndarray | None = None
+
+
+def _shift(part: slice, offset: int) -> slice:
+    return slice(part.start + offset, part.stop + offset)
+
+
+def _member_of_dense(member: np.ndarray) -> _Member | None:
+    """[h, w] bool -> the member's bounding sub-grid (None when empty)."""
+    rows, cols = np.flatnonzero(member.any(axis=1)), np.flatnonzero(member.any(axis=0))
+    if rows.size == 0:
+        return None
+    rs, cs = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    block = member[rs, cs]
+    return _Member(rs, cs, None if block.all() else block)
+
+
+def _box_member(row_cov: np.ndarray, col_cov: np.ndarray, threshold: float) -> _Member | None:
+    """A box's cells from its row and column coverages ([h], [w] float64).
+
+    Cell (i, j) is a member when ``row_cov[i] * col_cov[j] >= threshold``. On large grids
+    the products are formed only for the distinct coverage values (few: the full rows or
+    columns plus the edges) and then expanded."""
+    rows, cols = np.flatnonzero(row_cov > 0), np.flatnonzero(col_cov > 0)
+    if rows.size == 0 or cols.size == 0:
+        return None
+    rs, cs = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    if rows.size * cols.size <= _DIRECT_BOX_CELLS:
+        claimed = row_cov[rs, None] * col_cov[None, cs] >= threshold
+        row_of = col_of = None
+    else:
+        row_vals, row_of = np.unique(row_cov[rs], return_inverse=True)
+        col_vals, col_of = np.unique(col_cov[cs], return_inverse=True)
+        claimed = row_vals[:, None] * col_vals[None, :] >= threshold
+    if claimed.all():
+        return _Member(rs, cs)
+    if not claimed.any():
+        return None
+    return _Member(rs, cs, claimed if row_of is None else claimed[row_of][:, col_of])
+
+
+def _mask_member(rle, width: int, height: int, crop: tuple[float, float, float, float],
+                 grid_hw: tuple[int, int], threshold: float, where: str) -> _Member | None:
+    """A mask's cells: area coverage >= threshold (``threshold`` > 0)."""
+    pieces = _column_pieces(*_ones_runs(rle, width, height, where), height)
+    x0, y0, x1, y1 = crop
+    h, w = grid_hw
+    if all(float(v).is_integer() for v in crop) and (int(y1 - y0), int(x1 - x0)) == (h, w):
+        # One cell per pixel: the coverage is the (cropped) mask itself, 0 or 1.
+        return _pixel_member(pieces, int(x0), int(y0), int(x1), int(y1))
+    covered = _mask_cell_coverage(pieces, crop, width, height, grid_hw)
+    if covered is None:
+        return None
+    rows, cols, coverage = covered
+    member = _member_of_dense(coverage >= threshold)
+    if member is None:
+        return None
+    return _Member(_shift(member.rows, rows.start), _shift(member.cols, cols.start), member.block)
+
+
+def _pixel_member(pieces: tuple[np.ndarray, ...], x0: int, y0: int, x1: int, y1: int) -> _Member | None:
+    """Column pieces clipped to the pixel crop -> the mask as a bool block over its extent,
+    decoded straight to bool (np.repeat over alternating gap / run lengths)."""
+    col, top, bottom = pieces
+    top, bottom = np.maximum(top, y0), np.minimum(bottom, y1)
+    keep = (col >= x0) & (col < x1) & (bottom > top)
+    if not keep.any():
+        return None
+    col, top, bottom = col[keep], top[keep], bottom[keep]
+    c0, c1 = int(col[0]), int(col[-1]) + 1            # pieces are in column order
+    r0, r1 = int(top.min()), int(bottom.max())
+    rows = r1 - r0
+    begin = (col - c0) * rows + (top - r0)            # flat offsets in the [c1-c0, rows] block
+    end = begin + (bottom - top)
+    lengths = np.empty(2 * begin.size + 1, dtype=np.int64)
+    lengths[0:-1:2] = begin - np.concatenate([[0], end[:-1]])   # gaps
+    lengths[1::2] = end - begin                                  # set runs
+    lengths[-1] = (c1 - c0) * rows - end[-1]
+    values = np.zeros(lengths.size, dtype=bool)
+    values[1::2] = True
+    block_t = np.repeat(values, lengths).reshape(c1 - c0, rows)  # column-major: [cols, rows]
+    return _Member(slice(r0 - y0, r1 - y0), slice(c0 - x0, c1 - x0), block_t.T)
 
 
 # --------------------------------------------------------------------------- the map
@@ -186,19 +436,63 @@ def _check_crop(crop_box, width: int, height: int, where: str) -> tuple[float, f
     return x0, y0, x1, y1
 
 
-def _combine(values: torch.Tensor, member: torch.Tensor, overlap: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """values [R], member [R, h, w] bool -> (combined [h, w], covered [h, w] bool)."""
-    covered = member.any(dim=0)
-    vals = values[:, None, None].expand_as(member)
-    if overlap == "max":
-        combined = torch.where(member, vals, torch.full_like(vals, -math.inf)).amax(dim=0)
-    elif overlap == "mean":
-        count = member.sum(dim=0).clamp(min=1)
-        combined = (vals * member).sum(dim=0) / count
-    else:  # "last": the highest-index covering region wins
-        order = torch.arange(1, values.numel() + 1)[:, None, None] * member
-        combined = values[order.argmax(dim=0)]
-    return torch.where(covered, combined, torch.zeros_like(combined)), covered
+def _region_members(rewarded: list[dict], config: RewardMapConfig, crop: tuple[float, float, float, float],
+                    width: int, height: int, grid_hw: tuple[int, int], where: str,
+                    stats: dict) -> list[_Member | None]:
+    """The cells each rewarded region claims (None: no cell at this resolution)."""
+    h, w = grid_hw
+    threshold = config.coverage_threshold - _COVERAGE_EPS
+    use_mask = [config.region_shape == "mask" and r.get("mask") is not None for r in rewarded]
+    if config.region_shape == "mask":
+        stats["mask_fallbacks"] = use_mask.count(False)
+    if threshold <= 0.0:  # a zero coverage passes too: every region claims every cell
+        for i, region in enumerate(rewarded):
+            if use_mask[i]:
+                _ones_runs(region["mask"], width, height, where)  # still reject a broken mask
+        return [_Member(slice(0, h), slice(0, w)) for _ in rewarded]
+    boxes = np.array([r["bbox"] for r in rewarded], dtype=np.float64).reshape(-1, 4)
+    row_cov, col_cov = _box_axis_coverage(boxes, crop, grid_hw)
+    return [_mask_member(region["mask"], width, height, crop, grid_hw, threshold, f"{where} region {i}")
+            if use_mask[i] else _box_member(row_cov[i], col_cov[i], threshold)
+            for i, region in enumerate(rewarded)]
+
+
+def _paint(members: list[_Member | None], values: np.ndarray, config: RewardMapConfig, alpha: float,
+           grid_hw: tuple[int, int]) -> np.ndarray:
+    """Combine the regions' values over their cells -> weights ``alpha * R`` [h, w] float32.
+
+    ``max`` and ``last`` paint each region's final weight over its cells in an order that
+    leaves the winner on top (ascending value; record order), so no per-region map exists.
+    ``mean`` accumulates a float64 sum and a count per cell."""
+    background = config.background_value
+    official = config.mode == "official"
+    if config.overlap == "mean":
+        total, count = np.zeros(grid_hw, dtype=np.float64), np.zeros(grid_hw, dtype=np.int32)
+        for member, value in zip(members, values):
+            if member is None:
+                continue
+            sub_total, sub_count = total[member.rows, member.cols], count[member.rows, member.cols]
+            np.add(sub_total, value, out=sub_total, where=True if member.block is None else member.block)
+            np.add(sub_count, 1, out=sub_count, where=True if member.block is None else member.block)
+        combined = total / np.maximum(count, 1)
+        if official:
+            combined = np.maximum(combined, background)  # background is a floor
+        return (alpha * np.where(count > 0, combined, background)).astype(np.float32)
+
+    # official: the background floors every region value, max(v, background)
+    region_weight = (alpha * (np.maximum(values, background) if official else values)).astype(np.float32)
+    out = np.full(grid_hw, np.float32(alpha * background), dtype=np.float32)
+    order = np.argsort(values, kind="stable") if config.overlap == "max" else range(len(members))
+    for i in order:
+        member = members[i]
+        if member is None:
+            continue
+        view = out[member.rows, member.cols]
+        if member.block is None:
+            view[...] = region_weight[i]
+        else:
+            np.copyto(view, region_weight[i], where=member.block)
+    return out
 
 
 def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConfig,
@@ -250,31 +544,18 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
     background = config.background_value
     values = config.region_value(torch.tensor([float(r["score"]) for r in rewarded], dtype=torch.float64))
 
-    if config.sample_level:
-        scalar = values.mean().item() if rewarded else background
-        reward = torch.full((h, w), scalar, dtype=torch.float64)
-        stats["regions_used"] = len(rewarded)
-    elif not rewarded:
-        reward = torch.full((h, w), background, dtype=torch.float64)
+    if config.sample_level or not rewarded:
+        scalar = values.mean().item() if config.sample_level and rewarded else background
+        weights = np.full((h, w), np.float32(alpha * scalar), dtype=np.float32)
+        if config.sample_level:
+            stats["regions_used"] = len(rewarded)
     else:
-        boxes = torch.tensor([r["bbox"] for r in rewarded], dtype=torch.float64)
-        coverage = _box_coverage(boxes, crop, (h, w))
-        if config.region_shape == "mask":
-            with_mask = [i for i, r in enumerate(rewarded) if r.get("mask") is not None]
-            stats["mask_fallbacks"] = len(rewarded) - len(with_mask)
-            if with_mask:
-                masks = torch.from_numpy(np.stack([decode_rle(rewarded[i]["mask"]) for i in with_mask]))
-                coverage[with_mask] = _mask_coverage(masks, crop, (h, w))
-        member = coverage >= config.coverage_threshold - _COVERAGE_EPS
-        used = member.flatten(1).any(dim=1)
-        stats["regions_used"] = int(used.sum())
+        members = _region_members(rewarded, config, crop, width, height, (h, w), where, stats)
+        stats["regions_used"] = sum(m is not None for m in members)
         stats["regions_empty"] = len(rewarded) - stats["regions_used"]
-        combined, covered = _combine(values, member, config.overlap)
-        if config.mode == "official":
-            combined = torch.clamp(combined, min=background)  # background is a floor
-        reward = torch.where(covered, combined, torch.full_like(combined, background))
+        weights = _paint(members, values.numpy(), config, alpha, (h, w))
 
-    weights = (alpha * reward).to(torch.float32)
+    weights = torch.from_numpy(weights)
     stats.update(mean=float(weights.mean()), min=float(weights.min()), max=float(weights.max()))
     return weights, stats
 
