@@ -1,12 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The packed-sequence machinery: masks, attention backends, and agreement between the
 training forward (one packed sequence, explicit mask) and the cached inference path."""
+from contextlib import contextmanager
+from unittest import mock
+
 import pytest
 import torch
 from PIL import Image
 
+from srum.models.bagel import attention, language_model
 from srum.models.bagel.attention import CachedLayout, PackedLayout, cached_attention, varlen_self_attention
-from srum.models.bagel.masks import packed_attention_mask
+from srum.models.bagel.masks import SegmentPlan, packed_attention_mask
 from srum.models.bagel.model import PackedBatch
 from srum.models.bagel.tokenizer import encode_text
 from srum.models.bagel.transforms import flattened_position_ids, patchify, to_rgb, vae_transform, vit_transform
@@ -39,6 +43,63 @@ def _naive(q, k, v, mask):
     scores = torch.einsum("qhd,khd->hqk", q, k) / q.shape[-1] ** 0.5
     scores = scores.masked_fill(~mask[None], float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+def _reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal):
+    """flash_attn_varlen_func's contract, by explicit softmax: sequence i has queries
+    cu_q[i]:cu_q[i+1] and keys cu_k[i]:cu_k[i+1]; causal is aligned bottom-right."""
+    outs = []
+    for i in range(len(cu_seqlens_q) - 1):
+        q0, q1, k0, k1 = (int(x) for x in (cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]))
+        lq, lk = q1 - q0, k1 - k0
+        assert lq <= max_seqlen_q and lk <= max_seqlen_k
+        mask = torch.ones(lq, lk, dtype=torch.bool)
+        if causal:
+            mask = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
+        outs.append(_naive(q[q0:q1], k[k0:k1], v[k0:k1], mask))
+    return torch.cat(outs)
+
+
+@contextmanager
+def _flash_emulated():
+    """Route the flash-attn code paths to the reference varlen on CPU float32."""
+    with mock.patch.object(attention, "_flash_varlen", _reference_varlen), \
+            mock.patch.object(language_model, "use_flash", lambda x: True):
+        yield
+
+
+SEGMENT_LAYOUTS = [
+    ([[5, 7], [3], [4, 2, 6]], [["causal", "noise"], ["noise"], ["causal", "full", "noise"]]),
+    ([[3, 4, 2], [6]], [["full", "causal", "causal"], ["causal"]]),
+]
+
+
+@pytest.mark.parametrize("splits,modes", SEGMENT_LAYOUTS)
+def test_segment_attention_equals_masked_attention(splits, modes):
+    """Values and gradients of the varlen segment path equal the dense-mask path."""
+    g = torch.Generator().manual_seed(3)
+    n = sum(sum(s) for s in splits)
+    q = torch.randn(n, 4, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(n, 2, 8, generator=g, requires_grad=True) for _ in range(2))
+    plan = SegmentPlan.from_splits(splits, modes)
+    with mock.patch.object(attention, "_flash_varlen", _reference_varlen):
+        got = attention.segment_attention(q, k, v, plan)
+    want = attention.masked_attention(q, k, v, packed_attention_mask(splits, modes))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    up = torch.randn(got.shape, generator=g)
+    grads_got = torch.autograd.grad(got, (q, k, v), up)
+    grads_want = torch.autograd.grad(want, (q, k, v), up)
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_segment_plan_needs_contiguous_keys():
+    # a segment after a noise segment may not see it: its keys are not one run
+    assert SegmentPlan.from_splits([[2, 3], [3, 2]], [["causal", "noise"], ["noise", "causal"]]) is None
+    plan = SegmentPlan.from_splits([[2, 3]], [["causal", "noise"]])
+    assert plan.causal.q_index.tolist() == [0, 1] and plan.causal.k_index.tolist() == [0, 1]
+    assert plan.full.q_index.tolist() == [2, 3, 4] and plan.full.k_index.tolist() == [0, 1, 2, 3, 4]
+    assert plan.full.cu_q.tolist() == [0, 3] and plan.full.cu_k.tolist() == [0, 5] and plan.full.max_k == 5
 
 
 @pytest.mark.parametrize("causal,past,new", [
@@ -123,6 +184,11 @@ def test_training_forward_matches_cached_inference(tiny_model):
         latent_index=torch.tensor(latent_index))
     with torch.no_grad():
         v_train = model(batch)["velocity"].view(len(prompts), h * w, -1)
+        # the flash-attn training path (segments instead of the mask) gives the same velocity
+        batch.attention_segments = SegmentPlan.from_splits(splits, modes)
+        with _flash_emulated():
+            v_segments = model(batch)["velocity"].view(len(prompts), h * w, -1)
+    torch.testing.assert_close(v_segments, v_train, atol=1e-5, rtol=1e-4)
 
     # cached inference, one row per prompt
     cache = model.new_cache(len(prompts), 64)

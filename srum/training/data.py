@@ -33,7 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..models.bagel.masks import packed_attention_mask
+from ..models.bagel.masks import SegmentPlan, packed_attention_mask
 from ..models.bagel.model import PackedBatch
 from ..models.bagel.tokenizer import SpecialTokens, encode_text
 from ..models.bagel.transforms import ImageTransform, flattened_position_ids, to_rgb
@@ -353,6 +353,7 @@ def to_packed_batch(inputs: PackedInputs, latent_tokens: torch.Tensor, device: t
     return PackedBatch(
         sequence_length=inputs.sequence_length, position_ids=inputs.position_ids.to(device),
         attention_mask=packed_attention_mask(inputs.split_lens, inputs.attn_modes, device=device),
+        attention_segments=SegmentPlan.from_splits(inputs.split_lens, inputs.attn_modes, device=device),
         text_ids=inputs.text_ids.to(device), text_index=inputs.text_index.to(device),
         latent_tokens=latent_tokens.to(device), latent_timesteps=inputs.latent_timesteps.to(device),
         latent_position_ids=inputs.latent_position_ids.to(device), latent_index=inputs.latent_index.to(device))

@@ -8,6 +8,10 @@ Two backends compute the same thing:
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with an explicit
   boolean mask, used everywhere else (CPU, no flash-attn).
 
+Training sequences are packed too; with flash-attn their mask is replaced by a
+:class:`~srum.models.bagel.masks.SegmentPlan` (contiguous key ranges, two varlen calls),
+so masked-out blocks between samples cost nothing.
+
 Set ``SRUM_ATTN_BACKEND=sdpa`` to force SDPA on CUDA (e.g. to compare the two).
 
 Tokens are packed: a tensor ``[N, heads, head_dim]`` holds the tokens of all sequences
@@ -18,9 +22,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .masks import SegmentPlan
 
 try:  # optional dependency; never required
     from flash_attn import flash_attn_varlen_func as _flash_varlen
@@ -167,6 +175,25 @@ def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     vp = v_cache[:, :key_len].transpose(1, 2)
     out = _sdpa(qp, kp, vp, layout.mask(key_len))
     return layout.query.unpad(out.transpose(1, 2))
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: "SegmentPlan") -> torch.Tensor:
+    """The packed training attention as flash-attn varlen calls, one per attention kind.
+
+    q [S, Hq, D], k/v [S, Hkv, D] -> [S, Hq, D]; ``plan`` (see
+    :class:`~srum.models.bagel.masks.SegmentPlan`) says which keys each segment sees.
+    Keys shared by several segments (a prompt seen by its own causal segment and by the
+    image after it) are gathered once per segment; in backward their gradients add up."""
+    out = q.new_empty(q.shape)
+    for group, causal in ((plan.causal, True), (plan.full, False)):
+        if group is None:
+            continue
+        # flash-attn aligns the causal mask bottom-right: query i of a segment sees the
+        # whole run before the segment and the segment's keys <= i
+        out[group.q_index] = _flash_varlen(
+            q[group.q_index], k[group.k_index], v[group.k_index], cu_seqlens_q=group.cu_q, cu_seqlens_k=group.cu_k,
+            max_seqlen_q=group.max_q, max_seqlen_k=group.max_k, causal=causal)
+    return out
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

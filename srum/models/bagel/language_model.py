@@ -22,10 +22,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attention import CachedLayout, cached_attention, masked_attention
+from .attention import CachedLayout, cached_attention, masked_attention, segment_attention, use_flash
 from .config import LanguageModelConfig
 from .kv_cache import KVCache
 from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
+from .masks import SegmentPlan
 
 
 class ExpertRouting:
@@ -146,14 +147,21 @@ class Qwen2MoTModel(nn.Module):
         return rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, dtype)
 
     def forward_packed(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                       is_gen: torch.Tensor | None = None) -> torch.Tensor:
+                       is_gen: torch.Tensor | None = None, segments: SegmentPlan | None = None) -> torch.Tensor:
         """Training / scoring forward of one packed sequence.
 
         x [S, hidden] token inputs, positions [S] RoPE ids, mask [S, S] bool,
-        is_gen [S] bool -> final hidden states [S, hidden] (per-expert final norm)."""
+        is_gen [S] bool -> final hidden states [S, hidden] (per-expert final norm).
+        ``segments``: the same mask as contiguous key ranges; with flash-attn (CUDA,
+        half precision) attention runs as varlen calls over them instead of the mask."""
         route = ExpertRouting(is_gen)
         rope = self._rope(positions, x.dtype)
-        attend = lambda q, k, v: masked_attention(q, k, v, mask)  # noqa: E731
+
+        def attend(q, k, v):
+            if segments is not None and use_flash(q):
+                return segment_attention(q, k, v, segments)
+            return masked_attention(q, k, v, mask)
+
         for layer in self.layers:
             x = layer(x, rope, route, attend)
         return route(x, self.norm, self.norm_moe_gen)

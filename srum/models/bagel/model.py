@@ -27,6 +27,7 @@ from .config import BagelConfig
 from .inference import BagelInferenceMixin
 from .language_model import Qwen2MoTForCausalLM
 from .layers import Connector, PositionTable, TimestepEmbedder
+from .masks import SegmentPlan
 from .siglip import SiglipVisionModel
 from .transforms import flattened_position_ids, patchify
 
@@ -52,6 +53,7 @@ class PackedBatch:
     latent_position_ids: torch.Tensor | None = None  # [Ng]
     latent_index: torch.Tensor | None = None       # [Ng]
     logits_index: torch.Tensor | None = None       # [Nl] positions whose next-token logits are wanted
+    attention_segments: SegmentPlan | None = None  # the mask as key ranges (flash-attn path), or None
 
 
 class Bagel(BagelInferenceMixin, nn.Module):
@@ -150,7 +152,8 @@ class Bagel(BagelInferenceMixin, nn.Module):
                 batch.latent_tokens, batch.latent_timesteps, batch.latent_position_ids).to(seq.dtype)
             is_gen = torch.zeros(batch.sequence_length, dtype=torch.bool, device=seq.device)
             is_gen[batch.latent_index] = True
-        out = self.language_model.model.forward_packed(seq, batch.position_ids, batch.attention_mask, is_gen)
+        out = self.language_model.model.forward_packed(seq, batch.position_ids, batch.attention_mask, is_gen,
+                                                       batch.attention_segments)
         velocity = self.llm2vae(out[batch.latent_index]) if batch.latent_tokens is not None else None
         logits = self.language_model.lm_head(out[batch.logits_index]) if batch.logits_index is not None else None
         return {"velocity": velocity, "logits": logits}
