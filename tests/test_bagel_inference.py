@@ -185,3 +185,25 @@ def test_rows_with_the_same_image_share_one_prefill(tiny_model, images, monkeypa
     torch.testing.assert_close(shared[1], apart[1], rtol=0, atol=1e-6)
     assert (tiny_model.understand([img, img], questions[:2], max_new_tokens=6)
             == tiny_model.understand([img.copy(), img.copy()], questions[:2], max_new_tokens=6))
+
+
+def test_compiled_layers_give_the_same_results(tiny_dir, images):
+    """compile_layers (the stages' ``model.compile``) changes speed, not results: sampling
+    and decoding match the eager model. aot_eager traces the layers like inductor does,
+    without building kernels (a C++ build per shape would take minutes here)."""
+    from srum.distributed import env_info
+    from srum.stages.common import ModelConfig, load_stage_model
+
+    eager = load_stage_model(ModelConfig(path=str(tiny_dir), dtype="float32"), env_info())
+    compiled = load_stage_model(ModelConfig(path=str(tiny_dir), dtype="float32", compile=True,
+                                            compile_backend="aot_eager"), env_info())
+    layers = compiled.language_model.model.layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    kwargs = dict(height=64, width=48, num_timesteps=4, seed=3, output_type="latent")
+    want = eager.generate_image(["a red cube", "two cats"], **kwargs).images
+    got = compiled.generate_image(["a red cube", "two cats"], **kwargs).images
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    questions = ["what is this?", "which colour?"]
+    assert compiled.understand(images[:2], questions, max_new_tokens=6) == \
+        eager.understand(images[:2], questions, max_new_tokens=6)

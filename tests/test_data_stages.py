@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from srum.config import load_config
 from srum.data.prompts import read_prompts

@@ -129,6 +129,76 @@ def test_unparseable_answers_are_retried_with_sampling_then_counted_as_failed():
     assert again[1]["score"] == results[1]["score"]          # seeded retries are reproducible
 
 
+def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
+    names = ["good0", "bad1", "good2", "boom3", "good4"]
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i, name in enumerate(names):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / "images" / f"{name}.png")
+        rows.append({"image_id": name, "image_file": f"images/{name}.png", "prompt": f"prompt {name}",
+                     "category": "color"})
+    rows.append({"image_id": "gone5", "image_file": "images/gone5.png", "prompt": "prompt gone5", "category": "shape"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    layout = RunLayout(tmp_path / "run")
+    judge = CompBenchJudgeConfig(model="unused", batch_size=2, retries=1)
+    asked = []
+
+    def text_of(question):
+        return question.split('Text prompt: "')[1].split('"')[0]
+
+    def flaky(question, sampled, generator):  # "bad": never parses; "boom": every call with it raises
+        asked.append(text_of(question))
+        if "boom" in text_of(question):
+            raise RuntimeError("CUDA out of memory (scripted)")
+        return "no idea" if "bad" in text_of(question) else json.dumps({"score": len(text_of(question)) * 5})
+
+    def fixed(question, sampled, generator):
+        asked.append(text_of(question))
+        return json.dumps({"score": 90, "explanation": "fixed"})
+
+    def score(answer, retry_errors):
+        asked.clear()
+        return run_score(manifest, layout.scores, judge, retry_errors=retry_errors, backend=ScriptedJudge(answer))
+
+    def files():
+        return {name: (layout.scores / name).read_bytes() for name in ("scores.jsonl", "errors.jsonl", "summary.json")}
+
+    first = score(flaky, retry_errors=False)
+    scores = _rows(layout.scores_file)
+    assert [(r["image_id"], r["status"]) for r in scores] == [
+        ("good0", "ok"), ("bad1", "failed"), ("good2", "ok"), ("boom3", "failed"), ("good4", "ok")]
+    assert all("_error" not in r for r in scores) and scores[1]["score"] is None
+    # good2 shared a greedy call with boom3: that call raised, its sampled re-ask alone worked
+    assert [(a["answer"], a["sampled"], a["error"]) for a in scores[2]["attempts"]] == [
+        (None, False, "judge raised RuntimeError: CUDA out of memory (scripted)"), ('{"score": 60}', True, None)]
+    errors = {r["image_id"]: r for r in _rows(layout.scores / "errors.jsonl")}
+    assert sorted(errors) == ["bad1", "boom3", "gone5"]
+    assert errors["bad1"]["status"] == "failed" and errors["bad1"]["_error"].startswith("no usable judgment in 2 ")
+    assert "status" not in errors["gone5"] and "image not found" in errors["gone5"]["_error"]
+    assert (first["num_scored"], first["num_failed"], first["num_errors"], first["mean_score"]) == (3, 2, 1, 60.0)
+    summary = summarize_run(layout.root)    # the summary counts failed judgments as before
+    assert (summary["num_images"], summary["num_scored"], summary["num_failed"], summary["num_errors"]) == (5, 3, 2, 1)
+    assert summary["categories"]["color"]["mean"] == 60.0 and "shape" not in summary["categories"]
+    assert "2 failed judgments excluded from the means, 1 unreadable" in (layout.summary / "summary.md").read_text()
+
+    # without retry_errors a finished stage asks nothing and rewrites nothing
+    before = files()
+    score(fixed, retry_errors=False)
+    assert asked == [] and files() == before
+
+    # retry_errors: exactly the two failed judgments are asked again (gone5 is still unreadable)
+    again = score(fixed, retry_errors=True)
+    assert asked == ["prompt bad1", "prompt boom3"]
+    rescored = _rows(layout.scores_file)
+    assert [r["image_id"] for r in rescored] == names                    # one row per image, no duplicates
+    assert [r for r in rescored if r["image_id"] in ("good0", "good2", "good4")] == [scores[0], scores[2], scores[4]]
+    assert all(r["status"] == "ok" and r["score"] == 90 for r in rescored if r["image_id"] in ("bad1", "boom3"))
+    assert [r["image_id"] for r in _rows(layout.scores / "errors.jsonl")] == ["gone5"]
+    assert (again["num_scored"], again["num_failed"], again["num_errors"], again["num_ok"]) == (5, 0, 1, 5)
+    assert summarize_run(layout.root)["num_failed"] == 0
+
+
 def test_judge_config_checks():
     with pytest.raises(ValueError, match="prompt"):
         CompBenchJudgeConfig(question_template="rate the image")

@@ -2,7 +2,7 @@
 """parse_judgment on realistic judge answers: layouts, key variants, clamping, failures."""
 import pytest
 
-from srum.judge.parse import ParseError, parse_judgment, strip_reasoning
+from srum.judge.parse import ParseError, brace_blocks, load_lenient, parse_judgment, strip_reasoning
 
 # (answer, kind, expected score, expected reason, expected label)
 VALID = [
@@ -176,3 +176,18 @@ def test_bad_kind_and_type():
         parse_judgment("Score: 0.1", "regional")
     with pytest.raises(ParseError):
         parse_judgment(None, "global")  # type: ignore[arg-type]
+
+
+def test_brace_blocks_top_level_spans_in_order():
+    text = 'a {"x": "}{"} b {"y": {"z": 1}} c {"cut": 1'
+    assert list(brace_blocks(text)) == ['{"x": "}{"}', '{"y": {"z": 1}}']   # braces in strings do not count
+    assert list(brace_blocks("{'o': 'the cat's {tail}'} {}")) == ["{'o': 'the cat's {tail}'}", "{}"]
+    assert list(brace_blocks("no braces")) == []
+
+
+def test_load_lenient_forgives_model_json():
+    assert load_lenient('{"score": 0.5}') == {"score": 0.5}
+    assert load_lenient("{'score': 0.5, 'reason': 'the cat's tail',}") == {"score": 0.5, "reason": "the cat's tail"}
+    assert load_lenient("{score: 0.5, final score: 1}") == {"score": 0.5, "final score": 1}
+    assert load_lenient('{"ok": true, "x": null, "y": False}') == {"ok": True, "x": None, "y": False}
+    assert load_lenient("{not json at all") is None

@@ -11,9 +11,11 @@ import transformers
 
 from srum.models.bagel.tokenizer import (
     BAGEL_TOKENS,
+    TINY_CORPUS,
     SpecialTokens,
     encode_text,
     load_tokenizer,
+    train_byte_level_bpe,
     write_tiny_tokenizer,
 )
 
@@ -88,6 +90,14 @@ def test_custom_corpus(tmp_path):
     assert size == len(tok)
     text = "Completely different text, still fine: 123."
     assert tok.decode(encode_text(tok, special, text)[1:-1]) == text
+
+
+def test_train_byte_level_bpe_vocab_and_merges():
+    vocab, merges = train_byte_level_bpe(TINY_CORPUS, 300)
+    assert len(vocab) == 300 and sorted(vocab.values()) == list(range(300))
+    assert "<|endoftext|>" in vocab and "Ġ" in vocab and "a" in vocab          # byte symbols are all there
+    assert len(merges) == 300 - 257 and all(a + b in vocab for a, b in merges)
+    assert train_byte_level_bpe(TINY_CORPUS, 300) == (vocab, merges)            # deterministic
 
 
 def test_empty_dir_raises_naming_dir(tmp_path):

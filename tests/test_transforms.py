@@ -9,7 +9,6 @@ import torch
 
 from srum.models.bagel.transforms import (
     ImageResize,
-    ImageTransform,
     flattened_position_ids,
     patchify,
     to_rgb,

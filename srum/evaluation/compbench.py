@@ -30,13 +30,13 @@ from typing import Literal
 
 from srum import distributed
 from srum.config import to_dict
-from srum.data.prompts import read_prompts
-from srum.stages.common import ModelConfig, error_row, load_stage_model, log, read_image_manifest, run_items
-from srum.stages.generate import SamplingConfig, detailed_prompt, image_id_for, image_seed
-from srum.fileio import atomic_save_image, atomic_write_text
+from srum.fileio import atomic_write_text
+from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
+from srum.stages.generate import PromptJobs, SamplingConfig, detailed_prompt
+from srum.stages.images import DrawnImage, image_batch_processor, png_saver
 from srum.stages.shards import ShardedOutput
 
-from .scoring import CompBenchJudgeConfig
+from .scoring import SCORES_FILE, CompBenchJudgeConfig
 
 # The ten val categories of the reference JSON, in its order.
 COMPBENCH_CATEGORIES = ("3d_spatial", "color", "complex", "complex_action", "complex_spatial", "non-spatial",
@@ -101,7 +101,7 @@ class RunLayout:
 
     @property
     def scores_file(self) -> Path:
-        return self.scores / "scores.jsonl"
+        return self.scores / SCORES_FILE
 
     @property
     def summary(self) -> Path:
@@ -124,55 +124,37 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
     if cfg.model is None:
         raise ValueError("model.path is required to generate images")
     info = distributed.init()
-    prompts, input_errors = read_prompts(cfg.prompts, cfg.categories, cfg.limit_per_category)
-    for err in input_errors[:20]:
-        log(info, f"srum eval generate: skipped {err}")
-    if not prompts:
-        raise ValueError(f"no usable prompts in {cfg.prompts} for categories {cfg.categories}")
-    n = cfg.num_images_per_prompt
-    jobs = [(p, k) for p in prompts for k in range(n)]
-    keys = [image_id_for(p.id, k, n) for p, k in jobs]
-    folders = {p.category: category_folder(p.category) for p in prompts}
+    work = PromptJobs.read("eval generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
+                           cfg.num_images_per_prompt)
+    folders = {p.category: category_folder(p.category) for p in work.prompts}
     layout = RunLayout(Path(cfg.out_dir))
-    out = ShardedOutput(layout.images, keys, info)
+    out = ShardedOutput(layout.images, work.keys, info)
     sampling = to_dict(cfg.sampling)
-    state: dict = {}
 
-    def process(indices: list[int]) -> list[dict]:
-        if "model" not in state:
-            state["model"] = load_stage_model(cfg.model, info)
-        batch = [jobs[i] for i in indices]
-        seeds = [image_seed(cfg.seed, p.id, k) for p, k in batch]
-        try:
-            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds,
-                                                   **cfg.sampling.generate_kwargs())
-        except ValueError as err:  # bad settings or a prompt the model cannot take
-            return [error_row("image_id", keys[i], str(err)) for i in indices]
-        rows = []
-        for j, i in enumerate(indices):
-            prompt, k = batch[j]
-            image_file = f"{folders[prompt.category]}/{keys[i]}.png"
-            atomic_save_image(result.images[j], layout.images / image_file)
-            thought = result.thoughts[j] if result.thoughts else None
-            rows.append({
-                "image_id": keys[i], "prompt_id": prompt.id, "sample_index": k, "image_file": image_file,
-                "category": prompt.category, "prompt": prompt.prompt, "original_prompt": prompt.prompt,
-                "detailed_prompt": detailed_prompt(thought), "think_output": thought, "think": cfg.sampling.think,
-                "seed": seeds[j], "width": result.images[j].width, "height": result.images[j].height,
-                "model": str(cfg.model.path), "sampling": sampling,
-            })
-        return rows
+    def row(i: int, drawn: DrawnImage) -> dict:
+        prompt, k = work.jobs[i]
+        return {
+            "image_id": drawn.key, "prompt_id": prompt.id, "sample_index": k, "image_file": drawn.image_file,
+            "category": prompt.category, "prompt": prompt.prompt, "original_prompt": prompt.prompt,
+            "detailed_prompt": detailed_prompt(drawn.thought), "think_output": drawn.thought,
+            "think": cfg.sampling.think, "seed": drawn.seed, "width": drawn.image.width,
+            "height": drawn.image.height, "model": str(cfg.model.path), "sampling": sampling,
+        }
+
+    process = image_batch_processor(
+        lazy_model(cfg.model, info), cfg.sampling, work.keys, work.texts(), work.seeds(cfg.seed), row=row,
+        save=png_saver(layout.images, lambda i: f"{folders[work.jobs[i][0].category]}/{work.keys[i]}.png"))
 
     def summarize(rows: list[dict]) -> dict:
         per_category: dict[str, int] = {}
         for r in rows:
             folder = folders.get(r["category"], UNCATEGORIZED)
             per_category[folder] = per_category.get(folder, 0) + 1
-        return {"num_prompts": len(prompts), "num_images_per_prompt": n, "images_per_category": per_category,
-                "think": cfg.sampling.think}
+        return {"num_prompts": len(work.prompts), "num_images_per_prompt": cfg.num_images_per_prompt,
+                "images_per_category": per_category, "think": cfg.sampling.think}
 
     return run_items("eval generate", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors)
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors)
 
 
 # ------------------------------------------------------------------ official T2I-CompBench layout

@@ -27,9 +27,10 @@ from pathlib import Path
 
 from srum import distributed
 from srum.config import to_dict
-from srum.stages.common import ModelConfig, error_row, load_stage_model, log, run_items
-from srum.stages.generate import SamplingConfig, image_seed
 from srum.fileio import atomic_write_text
+from srum.stages.common import ModelConfig, lazy_model, log_skipped, run_items
+from srum.stages.generate import SamplingConfig, image_seed
+from srum.stages.images import DrawnImage, image_batch_processor
 from srum.stages.shards import ShardedOutput
 
 
@@ -111,8 +112,7 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
     """Generate the images (sharded over torchrun processes, resumable); returns the stage summary."""
     info = distributed.init()
     prompts, input_errors = read_geneval_metadata(cfg.metadata)
-    for err in input_errors[:20]:
-        log(info, f"srum eval geneval-images: skipped {err}")
+    log_skipped(info, "eval geneval-images", input_errors)
     if cfg.limit is not None:
         prompts = prompts[:cfg.limit]
     if not prompts:
@@ -123,31 +123,24 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     out = ShardedOutput(out_dir, keys, info)
     sampling = to_dict(cfg.sampling)
-    state: dict = {}
 
-    def process(indices: list[int]) -> list[dict]:
-        if "model" not in state:
-            state["model"] = load_stage_model(cfg.model, info)
-        batch = [jobs[i] for i in indices]
-        seeds = [image_seed(cfg.seed, f"geneval_{p.index:05d}", k) for p, k in batch]
-        try:
-            result = state["model"].generate_image([p.prompt for p, _ in batch], seed=seeds,
-                                                   **cfg.sampling.generate_kwargs())
-        except ValueError as err:
-            return [error_row("image_id", keys[i], str(err)) for i in indices]
-        rows = []
-        for j, i in enumerate(indices):
-            prompt, k = batch[j]
-            folder = out_dir / f"{prompt.index:05d}"
-            # every process writing into this folder writes the same text; the rename is atomic
-            atomic_write_text(folder / "metadata.jsonl", json.dumps(prompt.metadata, ensure_ascii=False) + "\n")
-            image_file = _save_sample(result.images[j], folder, k)
-            rows.append({"image_id": keys[i], "index": prompt.index, "sample_index": k, "image_file": image_file,
-                         "prompt": prompt.prompt, "tag": prompt.metadata.get("tag"), "seed": seeds[j],
-                         "width": result.images[j].width, "height": result.images[j].height,
-                         "think_output": result.thoughts[j] if result.thoughts else None,
-                         "model": str(cfg.model.path), "sampling": sampling})
-        return rows
+    def save(i: int, image) -> str:
+        prompt, k = jobs[i]
+        folder = out_dir / f"{prompt.index:05d}"
+        # every process writing into this folder writes the same text; the rename is atomic
+        atomic_write_text(folder / "metadata.jsonl", json.dumps(prompt.metadata, ensure_ascii=False) + "\n")
+        return _save_sample(image, folder, k)
+
+    def row(i: int, drawn: DrawnImage) -> dict:
+        prompt, k = jobs[i]
+        return {"image_id": drawn.key, "index": prompt.index, "sample_index": k, "image_file": drawn.image_file,
+                "prompt": prompt.prompt, "tag": prompt.metadata.get("tag"), "seed": drawn.seed,
+                "width": drawn.image.width, "height": drawn.image.height, "think_output": drawn.thought,
+                "model": str(cfg.model.path), "sampling": sampling}
+
+    process = image_batch_processor(lazy_model(cfg.model, info), cfg.sampling, keys, [p.prompt for p, _ in jobs],
+                                    [image_seed(cfg.seed, f"geneval_{p.index:05d}", k) for p, k in jobs],
+                                    save=save, row=row)
 
     def summarize(rows: list[dict]) -> dict:
         return {"num_prompts": len(prompts), "num_images_per_prompt": n,

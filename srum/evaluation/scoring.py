@@ -7,18 +7,31 @@ sees one image and :data:`ALIGNMENT_QUESTION` and answers ``{"score": 0-100,
 answer leniently (code fences, prose around the object, single quotes, ``Score: 85``
 lines, a bare number). An answer that does not parse is asked again up to ``retries``
 times *with sampling* (a greedy re-ask would write the same text), from a generator
-seeded by (seed, image id) so that reruns and other world sizes give the same rows. If
-every attempt fails the row is ``status: "failed"``, ``score: null``: it is counted,
-never averaged in (the reference averaged such images in as -1).
+seeded by (seed, image id) so that reruns and other world sizes give the same rows. A
+judge call that raises (``RuntimeError``, e.g. out of memory, or ``ValueError``) is a
+failed attempt like an answer that does not parse. If every attempt fails the row is
+``status: "failed"``, ``score: null``: it is counted, never averaged in (the reference
+averaged such images in as -1).
 
 Stage output (``scores/`` of a run, see :class:`~srum.stages.shards.ShardedOutput`):
-``scores.jsonl`` one row per image -- ``image_id``, ``prompt_id``, ``sample_index``,
-``category``, ``prompt``, ``image_file`` (relative to ``scores/``), ``score``,
-``status`` ("ok" / "failed"), ``explanation``, ``attempts`` (every raw answer with its
-parse error), ``judge``; ``errors.jsonl`` images that could not be read.
+
+* ``scores.jsonl``: one row per judged image, in manifest order -- ``image_id``,
+  ``prompt_id``, ``sample_index``, ``category``, ``prompt``, ``image_file`` (relative to
+  ``scores/``), ``score``, ``status`` ("ok" / "failed"), ``explanation``, ``attempts``
+  (every raw answer with its parse error), ``judge``, ``think``. This is what the
+  summary reads.
+* ``errors.jsonl``: the failed judgments (the same rows plus the ``_error`` reason) and
+  the images that could not be judged at all (unreadable, no category). Both are redone
+  by ``retry_errors``; a successful retry replaces the failed row.
+* ``judged_ok.jsonl``: the stage's merged successful rows (bookkeeping; ``scores.jsonl``
+  is written from it and ``errors.jsonl`` after every run).
+* ``summary.json``: ``num_scored``, ``num_failed`` (failed judgments), ``mean_score``,
+  ``num_errors`` (images not judged at all), ``num_missing``, ``complete``.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,12 +41,18 @@ from typing import Any, Sequence
 import torch
 
 from srum import distributed
-from srum.judge.parse import ParseError, _brace_blocks, _load_lenient, strip_reasoning
-from srum.stages.common import error_row, log, open_image, read_image_manifest, relative_to, run_items
+from srum.fileio import atomic_write_text, iter_jsonl
+from srum.judge.parse import ParseError, brace_blocks, load_lenient, strip_reasoning
+from srum.stages.common import ImageStage, error_row, open_image, relative_to
 from srum.stages.generate import image_seed
-from srum.stages.shards import ShardedOutput
+from srum.stages.shards import ERROR_KEY, ShardedOutput
 
 DEFAULT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct"
+SCORES_FILE = "scores.jsonl"            # every judged image (ok and failed): what the summary reads
+JUDGED_OK_FILE = "judged_ok.jsonl"      # the sharded stage's own merged manifest: successful judgments
+# What a judge call may raise for one batch (out of memory, a reply it cannot produce):
+# such an attempt fails and is retried; anything else is a bug and stops the run.
+BACKEND_ERRORS = (RuntimeError, ValueError)
 
 # Our wording of the 0-100 alignment rubric. The five 20-point bands and what they stand
 # for follow the protocol SRUM reports its CompBench numbers with; the text is ours.
@@ -131,8 +150,8 @@ def parse_alignment_score(text: str) -> AlignmentScore:
     if not answer.strip():
         raise ParseError("empty answer")
     errors = []
-    for snippet in reversed(list(_brace_blocks(answer))):
-        obj = _load_lenient(snippet)
+    for snippet in reversed(list(brace_blocks(answer))):
+        obj = load_lenient(snippet)
         if not isinstance(obj, dict):
             continue
         key = next((k for k in obj if _norm(k) in _SCORE_KEYS), None)
@@ -254,26 +273,42 @@ def load_judge(cfg: CompBenchJudgeConfig, info: distributed.DistInfo):
 
 
 # ------------------------------------------------------------------ asking
+def _ask(backend, images: Sequence, questions: Sequence[str], cfg: CompBenchJudgeConfig, *,
+         generator: torch.Generator | None) -> list[str | BaseException]:
+    """One judge call: greedy for ``generator`` None, else sampled from it. Returns one
+    answer per image or, when the call raised one of :data:`BACKEND_ERRORS`, that
+    exception in place of every answer."""
+    sampled = generator is not None
+    try:
+        return backend.generate([[im] for im in images], list(questions), system=None,
+                                max_new_tokens=cfg.max_new_tokens, do_sample=sampled,
+                                temperature=cfg.retry_temperature if sampled else 1.0, generator=generator)
+    except BACKEND_ERRORS as err:
+        return [err] * len(images)
+
+
 def score_images(backend, images: Sequence, prompts: Sequence[str], cfg: CompBenchJudgeConfig,
                  generators: Sequence[torch.Generator]) -> list[dict]:
     """Judge ``images[i]`` against ``prompts[i]``; one result per image:
     ``{score, status, explanation, attempts: [{answer, sampled, error}]}``.
 
-    All images are asked together greedily; each failure is then re-asked alone, sampled
-    from its own ``generators[i]`` (so its retries do not depend on the batch)."""
+    All images are asked together greedily; each failure (an answer that does not parse,
+    or a call that raised: ``answer`` None) is then re-asked alone, sampled from its own
+    ``generators[i]`` (so its retries do not depend on the batch)."""
     if not (len(images) == len(prompts) == len(generators)):
         raise ValueError("images, prompts and generators must have the same length")
     questions = [cfg.question(p) for p in prompts]
-    answers = backend.generate([[im] for im in images], questions, system=None, max_new_tokens=cfg.max_new_tokens,
-                               do_sample=False, temperature=1.0, generator=None)
+    greedy = _ask(backend, images, questions, cfg, generator=None)
     results = []
-    for i, answer in enumerate(answers):
+    for i in range(len(images)):
         attempts, parsed = [], None
         for attempt in range(cfg.retries + 1):
-            if attempt > 0:
-                answer = backend.generate([[images[i]]], [questions[i]], system=None, max_new_tokens=cfg.max_new_tokens,
-                                          do_sample=True, temperature=cfg.retry_temperature,
-                                          generator=generators[i])[0]
+            answer = greedy[i] if attempt == 0 else _ask(backend, [images[i]], [questions[i]], cfg,
+                                                         generator=generators[i])[0]
+            if isinstance(answer, BaseException):
+                attempts.append({"answer": None, "sampled": attempt > 0,
+                                 "error": f"judge raised {type(answer).__name__}: {answer}"})
+                continue
             try:
                 parsed = parse_alignment_score(answer)
                 attempts.append({"answer": answer, "sampled": attempt > 0, "error": None})
@@ -292,18 +327,14 @@ def score_images(backend, images: Sequence, prompts: Sequence[str], cfg: CompBen
 def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBenchJudgeConfig, *, seed: int = 0,
               retry_errors: bool = False, category: str | None = None, config=None, backend=None) -> dict:
     """Score every image of ``images_manifest`` (ours, or the reference's ``output.jsonl``)
-    into ``out_dir`` (sharded over torchrun processes, resumable). ``category`` fills rows
-    that carry none (a one-category reference folder). ``backend``: an already built judge
-    (tests); default: load ``judge.model``. Returns the stage summary."""
-    info = distributed.init()
-    items, input_errors = read_image_manifest(images_manifest)
-    for err in input_errors[:20]:
-        log(info, f"srum eval score: skipped {err}")
-    if not items:
-        raise ValueError(f"{images_manifest}: no usable image rows")
-    out_dir = Path(out_dir)
-    out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name="scores.jsonl")
-    state: dict = {"backend": backend}
+    into ``out_dir`` (sharded over torchrun processes, resumable; files in the module
+    docstring). ``category`` fills rows that carry none (a one-category reference
+    folder). ``retry_errors`` re-judges the failed judgments and the images not judged
+    before. ``backend``: an already built judge (tests); default: load ``judge.model``.
+    Returns the stage summary (on rank 0; ``{}`` on the others)."""
+    stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=JUDGED_OK_FILE)
+    items, out_dir = stage.items, stage.out.out_dir
+    judge_backend = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(judge, stage.info))
 
     def process(indices: list[int]) -> list[dict]:
         rows: dict[int, dict] = {}
@@ -321,23 +352,48 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
             except (FileNotFoundError, ValueError) as err:
                 rows[i] = error_row("image_id", item.image_id, str(err))
         if todo:
-            if state["backend"] is None:
-                state["backend"] = load_judge(judge, info)
             generators = [torch.Generator().manual_seed(image_seed(seed, items[i].image_id, 0)) for i in todo]
-            results = score_images(state["backend"], images, [items[i].prompt for i in todo], judge, generators)
+            results = score_images(judge_backend(), images, [items[i].prompt for i in todo], judge, generators)
             for i, result in zip(todo, results):
                 item = items[i]
                 rows[i] = {"image_id": item.image_id, "prompt_id": item.prompt_id, "sample_index": item.sample_index,
                            "category": item.category or category, "prompt": item.prompt,
                            "image_file": relative_to(item.image_path, out_dir), **result,
-                           "judge": getattr(state["backend"], "model_id", judge.model),
+                           "judge": getattr(judge_backend(), "model_id", judge.model),
                            "think": item.row.get("think")}
+                if result["status"] == "failed":  # an error row too: retry_errors asks the judge again
+                    rows[i][ERROR_KEY] = (f"no usable judgment in {len(result['attempts'])} attempt(s); last: "
+                                          f"{result['attempts'][-1]['error']}")
         return [rows[i] for i in indices]
 
-    def summarize(rows: list[dict]) -> dict:
-        scored = [r["score"] for r in rows if r.get("status") == "ok"]
-        return {"num_scored": len(scored), "num_failed": sum(r.get("status") == "failed" for r in rows),
-                "mean_score": sum(scored) / len(scored) if scored else None}
+    summary = stage.run(process, batch_size=judge.batch_size, config=config or judge, retry_errors=retry_errors)
+    return publish_scores(stage.out) if stage.info.is_main else summary
 
-    return run_items("eval score", out, process, batch_size=judge.batch_size, info=info, config=config or judge,
-                     retry_errors=retry_errors, summarize=summarize, input_errors=input_errors)
+
+def publish_scores(out: ShardedOutput) -> dict:
+    """After the merge (one process): write ``scores.jsonl`` -- the successful rows and
+    the failed judgments (without their ``_error``), in input order -- and the score
+    counts into ``summary.json``. Files that would not change are left untouched, so a
+    rerun of a finished stage writes nothing. Returns the summary."""
+    judged, not_judged = {}, 0
+    for path in (out.manifest_path, out.errors_path):
+        for _, row, err in iter_jsonl(path):
+            if err:
+                raise ValueError(f"{err} (a merged file of this stage; rerun the score step to rebuild it)")
+            if ERROR_KEY in row and row.get("status") != "failed":
+                not_judged += 1
+            else:
+                judged[row["image_id"]] = {k: v for k, v in row.items() if k != ERROR_KEY}
+    rows = [judged[key] for key in out.keys if key in judged]
+    _write_if_changed(out.out_dir / SCORES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    summary = json.loads(out.summary_path.read_text())
+    scored = [r["score"] for r in rows if r["status"] == "ok"]
+    summary.update({"num_errors": not_judged, "num_scored": len(scored), "num_failed": len(rows) - len(scored),
+                    "mean_score": sum(scored) / len(scored) if scored else None})
+    _write_if_changed(out.summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        atomic_write_text(path, text)

@@ -136,8 +136,8 @@ def strip_reasoning(text: str) -> str:
 # ------------------------------------------------------------------ JSON layout
 def _from_json(answer: str, want_label: bool) -> ParsedJudgment | None:
     """The last JSON-like object (outermost braces) that carries a score key."""
-    for snippet in reversed(list(_brace_blocks(answer))):
-        obj = _load_lenient(snippet)
+    for snippet in reversed(list(brace_blocks(answer))):
+        obj = load_lenient(snippet)
         if not isinstance(obj, (dict, list)):
             continue
         holder = _find_score_holder(obj)
@@ -151,9 +151,10 @@ def _from_json(answer: str, want_label: bool) -> ParsedJudgment | None:
     return None
 
 
-def _brace_blocks(text: str) -> Iterator[str]:
-    """Balanced top-level ``{...}`` spans, respecting quoted strings; unbalanced
-    (truncated) ones are skipped."""
+def brace_blocks(text: str) -> Iterator[str]:
+    """The balanced top-level ``{...}`` spans of ``text``, in order. Braces inside quoted
+    strings do not count (an apostrophe between letters does not open a string); an
+    unbalanced (truncated) span is skipped."""
     depth, start, quote, escaped = 0, -1, "", False
     for i, ch in enumerate(text):
         if quote:
@@ -182,7 +183,11 @@ def _is_apostrophe(text: str, i: int) -> bool:
     return 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha()
 
 
-def _load_lenient(snippet: str) -> Any:
+def load_lenient(snippet: str) -> Any:
+    """``snippet`` (one ``{...}`` span, e.g. from :func:`brace_blocks`) read as JSON, forgiving
+    what models write: trailing commas, single-quoted strings, unquoted keys, Python's
+    ``True``/``None`` or JSON's ``true``/``null``. Returns the value, or None when no
+    reading works."""
     attempts = [snippet]
     no_trailing = re.sub(r",\s*([}\]])", r"\1", snippet)
     attempts.append(no_trailing)

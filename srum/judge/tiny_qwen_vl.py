@@ -24,7 +24,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from srum.models.bagel.tokenizer import _TINY_CORPUS, _train_byte_level_bpe
+from srum.models.bagel.tokenizer import TINY_CORPUS, train_byte_level_bpe
 
 # Qwen2.5-VL's special tokens, in the order of the published tokenizer (ids follow the
 # trained vocabulary here instead of starting at 151643).
@@ -81,7 +81,7 @@ _MIN_PIXELS, _MAX_PIXELS = 56 * 56, 112 * 112
 
 
 def _build_tokenizer(vocab_size: int):
-    vocab, merges = _train_byte_level_bpe(_TINY_CORPUS, vocab_size)
+    vocab, merges = train_byte_level_bpe(TINY_CORPUS, vocab_size)
     kwargs = dict(unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                   additional_special_tokens=[t for t in QWEN_VL_SPECIAL_TOKENS if t != "<|endoftext|>"])
     cls = transformers.Qwen2Tokenizer

@@ -1,16 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pieces every per-item stage shares: the model section of a config, reading an image
-manifest, and the run loop (shard -> skip done -> process in batches -> append rows ->
-merge on rank 0)."""
+"""Pieces every per-item stage shares: the model section of a config (loaded lazily),
+reading an image manifest, the set-up of a stage over a manifest's images, and the run
+loop (shard -> skip done -> process in batches -> append rows -> merge on rank 0)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from srum import distributed
 from srum.config import dump_config
@@ -28,22 +29,38 @@ class ModelConfig:
     ``device_map: auto`` spreads one process's model over all its visible GPUs
     (single-process runs only; under torchrun each process uses cuda:LOCAL_RANK).
     ``weights``: auto (ema.safetensors, else model.safetensors, else a sharded index) or a
-    file name."""
+    file name. ``compile``: ``torch.compile`` every decoder layer with ``compile_backend``
+    (off by default: it pays off on GPUs over many images, not on a CPU)."""
 
     path: str
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device_map: Literal["auto"] | None = None
     weights: str = "auto"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
 
 def load_stage_model(cfg: ModelConfig, info: DistInfo):
+    """Load the Bagel of ``cfg`` onto this process's device (or spread it with ``device_map``)."""
     import srum
     if cfg.device_map is not None and info.enabled:
         raise ValueError("model.device_map=auto cannot be combined with torchrun (one GPU per process); "
                          "launch a single process to spread one model over several GPUs")
     device = distributed.local_device(info)
-    return srum.load_model(cfg.path, dtype=cfg.dtype, device=device if cfg.device_map is None else None,
-                           device_map=cfg.device_map, weights=cfg.weights)
+    model = srum.load_model(cfg.path, dtype=cfg.dtype, device=device if cfg.device_map is None else None,
+                            device_map=cfg.device_map, weights=cfg.weights)
+    if cfg.compile:
+        model.language_model.model.compile_layers(cfg.compile_backend)
+    return model
+
+
+def lazy_model(cfg: ModelConfig | None, info: DistInfo) -> Callable[[], Any]:
+    """A loader that loads the stage model on its first call and returns the same model
+    afterwards; a process with nothing to do never loads it. ``cfg`` None: the stage runs
+    without a model and the loader returns None."""
+    if cfg is None:
+        return lambda: None
+    return functools.cache(lambda: load_stage_model(cfg, info))
 
 
 @dataclass
@@ -124,12 +141,66 @@ def relative_to(path: Path, directory: Path) -> str:
 
 
 def error_row(key_field: str, key: str, message: str) -> dict:
+    """The row of an item that failed: ``retry_errors`` redoes it, the merge lists it in ``errors.jsonl``."""
     return {key_field: key, ERROR_KEY: message}
 
 
 def log(info: DistInfo, message: str) -> None:
     if info.is_main:
         print(message, file=sys.stderr, flush=True)
+
+
+def log_skipped(info: DistInfo, name: str, input_errors: Sequence[str]) -> None:
+    """Name the first 20 unusable input lines (all of them go into ``summary.json``)."""
+    for err in input_errors[:20]:
+        log(info, f"srum {name}: skipped {err}")
+
+
+@dataclass
+class ImageStage:
+    """A stage with one output row per image of a manifest (propose, judge, eval score)."""
+
+    name: str                    # as in the log lines: "srum <name>: ..."
+    info: DistInfo
+    items: list[ImageItem]       # the manifest's usable rows, in order
+    input_errors: list[str]      # its unusable rows, as "file:line: reason"
+    out: ShardedOutput           # keyed by image id
+
+    @classmethod
+    def open(cls, name: str, manifest: str | os.PathLike, out_dir: str | os.PathLike,
+             manifest_name: str) -> ImageStage:
+        """Join the process group, read ``manifest`` (an unusable row is logged and skipped;
+        none usable is an error) and prepare the sharded output ``out_dir/manifest_name``."""
+        info = distributed.init()
+        items, input_errors = read_image_manifest(manifest)
+        log_skipped(info, name, input_errors)
+        if not items:
+            raise ValueError(f"{manifest}: no usable image rows")
+        out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name=manifest_name)
+        return cls(name, info, items, input_errors, out)
+
+    def each_image(self, handle: Callable[[ImageItem, Any], dict]) -> Callable[[list[int]], list[dict]]:
+        """A ``process_batch`` for :meth:`run` that opens each item's image and returns
+        ``handle(item, image)`` (a row, or an :func:`error_row`); an image that cannot be
+        read becomes an error row naming the manifest line."""
+        def process(indices: list[int]) -> list[dict]:
+            rows = []
+            for i in indices:
+                item = self.items[i]
+                try:
+                    image = open_image(item)
+                except (FileNotFoundError, ValueError) as err:
+                    rows.append(error_row("image_id", item.image_id, str(err)))
+                    continue
+                rows.append(handle(item, image))
+            return rows
+        return process
+
+    def run(self, process_batch: Callable[[list[int]], list[dict]], *, config, retry_errors: bool,
+            summarize: Callable[[list[dict]], dict] | None = None, batch_size: int = 1) -> dict:
+        """:func:`run_items` over the manifest's images; returns the stage summary."""
+        return run_items(self.name, self.out, process_batch, batch_size=batch_size, info=self.info, config=config,
+                         retry_errors=retry_errors, summarize=summarize, input_errors=self.input_errors)
 
 
 def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]], *, batch_size: int,

@@ -21,11 +21,11 @@ from typing import Literal
 
 from srum import distributed
 from srum.config import to_dict
-from srum.data.prompts import read_prompts
+from srum.data.prompts import PromptItem, read_prompts
+from srum.distributed import DistInfo
 
-from .common import ModelConfig, error_row, load_stage_model, log, run_items
-from srum.fileio import atomic_save_image
-
+from .common import ModelConfig, lazy_model, log_skipped, run_items
+from .images import DrawnImage, image_batch_processor, png_saver
 from .shards import ShardedOutput
 
 
@@ -84,6 +84,36 @@ def image_id_for(prompt_id: str, sample_index: int, num_images: int) -> str:
     return prompt_id if num_images == 1 else f"{prompt_id}_{sample_index}"
 
 
+@dataclass(frozen=True)
+class PromptJobs:
+    """The work of a run over prompt files: image ``k`` of every prompt (``srum generate``,
+    ``srum eval compbench generate``)."""
+
+    prompts: list[PromptItem]
+    input_errors: list[str]                  # unusable prompt lines, as "file:line: reason"
+    jobs: list[tuple[PromptItem, int]]       # (prompt, k), prompt by prompt
+    keys: list[str]                          # the image id of each job
+
+    @classmethod
+    def read(cls, name: str, info: DistInfo, files: list[str], categories: list[str] | None,
+             limit_per_category: int | None, num_images: int) -> PromptJobs:
+        """Read the prompt files (an unusable line is logged and skipped; none usable is an error)."""
+        prompts, input_errors = read_prompts(files, categories, limit_per_category)
+        log_skipped(info, name, input_errors)
+        if not prompts:
+            raise ValueError(f"no usable prompts in {files}" + (f" for categories {categories}" if categories else ""))
+        jobs = [(p, k) for p in prompts for k in range(num_images)]
+        return cls(prompts, input_errors, jobs, [image_id_for(p.id, k, num_images) for p, k in jobs])
+
+    def texts(self) -> list[str]:
+        """The prompt text of each job."""
+        return [p.prompt for p, _ in self.jobs]
+
+    def seeds(self, base_seed: int) -> list[int]:
+        """The noise seed of each job: :func:`image_seed` of (base seed, prompt id, k)."""
+        return [image_seed(base_seed, p.id, k) for p, k in self.jobs]
+
+
 _THINK = re.compile(r"</?think>", re.IGNORECASE)
 
 
@@ -94,46 +124,28 @@ def detailed_prompt(thought: str | None) -> str | None:
 
 def run_generate(cfg: GenerateConfig) -> dict:
     info = distributed.init()
-    prompts, input_errors = read_prompts(cfg.prompts, cfg.categories, cfg.limit_per_category)
-    for err in input_errors[:20]:
-        log(info, f"srum generate: skipped {err}")
-    if not prompts:
-        raise ValueError(f"no usable prompts in {cfg.prompts}")
-    n = cfg.num_images_per_prompt
-    jobs = [(p, k) for p in prompts for k in range(n)]
-    keys = [image_id_for(p.id, k, n) for p, k in jobs]
+    work = PromptJobs.read("generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
+                           cfg.num_images_per_prompt)
     out_dir = Path(cfg.out_dir)
-    out = ShardedOutput(out_dir, keys, info)
+    out = ShardedOutput(out_dir, work.keys, info)
     sampling = to_dict(cfg.sampling)
-    state: dict = {}
 
-    def process(indices: list[int]) -> list[dict]:
-        if "model" not in state:
-            state["model"] = load_stage_model(cfg.model, info)
-        model = state["model"]
-        batch = [jobs[i] for i in indices]
-        seeds = [image_seed(cfg.seed, p.id, k) for p, k in batch]
-        try:
-            result = model.generate_image([p.prompt for p, _ in batch], seed=seeds, **cfg.sampling.generate_kwargs())
-        except ValueError as err:  # bad settings or a prompt the model cannot take
-            return [error_row("image_id", keys[i], str(err)) for i in indices]
-        rows = []
-        for j, i in enumerate(indices):
-            prompt, k = batch[j]
-            image_file = f"images/{keys[i]}.png"
-            atomic_save_image(result.images[j], out_dir / image_file)
-            thought = result.thoughts[j] if result.thoughts else None
-            rows.append({
-                "image_id": keys[i], "prompt_id": prompt.id, "sample_index": k, "image_file": image_file,
-                "original_prompt": prompt.prompt, "prompt": prompt.prompt, "category": prompt.category,
-                "detailed_prompt": detailed_prompt(thought), "think_output": thought, "seed": seeds[j],
-                "width": result.images[j].width, "height": result.images[j].height,
-                "model": str(cfg.model.path), "sampling": sampling,
-            })
-        return rows
+    def row(i: int, drawn: DrawnImage) -> dict:
+        prompt, k = work.jobs[i]
+        return {
+            "image_id": drawn.key, "prompt_id": prompt.id, "sample_index": k, "image_file": drawn.image_file,
+            "original_prompt": prompt.prompt, "prompt": prompt.prompt, "category": prompt.category,
+            "detailed_prompt": detailed_prompt(drawn.thought), "think_output": drawn.thought, "seed": drawn.seed,
+            "width": drawn.image.width, "height": drawn.image.height,
+            "model": str(cfg.model.path), "sampling": sampling,
+        }
+
+    process = image_batch_processor(lazy_model(cfg.model, info), cfg.sampling, work.keys, work.texts(),
+                                    work.seeds(cfg.seed), row=row,
+                                    save=png_saver(out_dir, lambda i: f"images/{work.keys[i]}.png"))
 
     def summarize(rows: list[dict]) -> dict:
-        return {"num_prompts": len(prompts), "num_images_per_prompt": n}
+        return {"num_prompts": len(work.prompts), "num_images_per_prompt": cfg.num_images_per_prompt}
 
     return run_items("generate", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors)
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors)

@@ -11,20 +11,18 @@ sizes give the same records.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from srum import distributed
 from srum.judge.backends import load_judge_backend
 from srum.judge.scoring import JudgeConfig, judge_image
 from srum.records import SCHEMA, RecordError, validate_record
 
-from .common import ModelConfig, error_row, load_stage_model, log, open_image, read_image_manifest, relative_to, run_items
+from .common import ImageItem, ImageStage, ModelConfig, error_row, lazy_model, relative_to
 from .generate import image_seed
-from .shards import ShardedOutput
 
 
 @dataclass
@@ -63,61 +61,42 @@ def region_problem(region, width: int, height: int) -> str | None:
 
 
 def run_judge(cfg: JudgeStageConfig) -> dict:
-    info = distributed.init()
-    items, input_errors = read_image_manifest(cfg.regions)
-    for err in input_errors[:20]:
-        log(info, f"srum judge: skipped {err}")
-    if not items:
-        raise ValueError(f"{cfg.regions}: no usable image rows")
-    out_dir = Path(cfg.out_dir)
-    out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name="rewards.jsonl")
-    state: dict = {}
+    stage = ImageStage.open("judge", cfg.regions, cfg.out_dir, manifest_name="rewards.jsonl")
+    model = lazy_model(cfg.model if cfg.judge.backend == "self" else None, stage.info)
+    backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
+    out_dir = stage.out.out_dir
     judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
                   "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
 
-    def process(indices: list[int]) -> list[dict]:
-        if "backend" not in state:
-            model = load_stage_model(cfg.model, info) if cfg.judge.backend == "self" else None
-            state["backend"] = load_judge_backend(cfg.judge, model)
-        rows = []
-        for i in indices:
-            item = items[i]
-            try:
-                image = open_image(item)
-            except (FileNotFoundError, ValueError) as err:
-                rows.append(error_row("image_id", item.image_id, str(err)))
+    def judge_one(item: ImageItem, image) -> dict:
+        regions, skipped = [], []
+        raw_regions = item.row.get("regions") or []
+        if not isinstance(raw_regions, list):
+            return error_row("image_id", item.image_id, f"{item.source}: 'regions' must be a list")
+        for k, region in enumerate(raw_regions):
+            problem = region_problem(region, image.width, image.height)
+            if problem:
+                skipped.append({"index": k, "reason": f"{item.source}: region {k}: {problem}"})
                 continue
-            regions, skipped = [], []
-            raw_regions = item.row.get("regions") or []
-            if not isinstance(raw_regions, list):
-                rows.append(error_row("image_id", item.image_id, f"{item.source}: 'regions' must be a list"))
-                continue
-            for k, region in enumerate(raw_regions):
-                problem = region_problem(region, image.width, image.height)
-                if problem:
-                    skipped.append({"index": k, "reason": f"{item.source}: region {k}: {problem}"})
-                    continue
-                # up to 1 px over the edge is float noise from resizing: clip it
-                region = {**region, "bbox": [float(min(v, lim)) for v, lim in
-                                             zip(region["bbox"], (image.width, image.height) * 2)]}
-                region.setdefault("region_id", k)
-                regions.append(region)
-            generator = torch.Generator().manual_seed(image_seed(cfg.seed, item.image_id, 0))
-            global_entry, region_entries = judge_image(state["backend"], image, item.prompt, regions, cfg.judge, generator)
-            record = {"schema": SCHEMA, "image_id": item.image_id, "prompt_id": item.prompt_id,
-                      "sample_index": item.sample_index, "image_file": relative_to(item.image_path, out_dir),
-                      "reference_image_file": None, "prompt": item.prompt, "category": item.category,
-                      "width": image.width, "height": image.height, "global": global_entry,
-                      "regions": [_region_record(r) for r in region_entries], "judge": judge_info,
-                      "skipped_regions": skipped}
-            try:
-                rows.append(validate_record(record, item.source))
-            except RecordError as err:
-                rows.append(error_row("image_id", item.image_id, f"invalid record: {err}"))
-        return rows
+            # up to 1 px over the edge is float noise from resizing: clip it
+            region = {**region, "bbox": [float(min(v, lim)) for v, lim in
+                                         zip(region["bbox"], (image.width, image.height) * 2)]}
+            region.setdefault("region_id", k)
+            regions.append(region)
+        generator = torch.Generator().manual_seed(image_seed(cfg.seed, item.image_id, 0))
+        global_entry, region_entries = judge_image(backend(), image, item.prompt, regions, cfg.judge, generator)
+        record = {"schema": SCHEMA, "image_id": item.image_id, "prompt_id": item.prompt_id,
+                  "sample_index": item.sample_index, "image_file": relative_to(item.image_path, out_dir),
+                  "reference_image_file": None, "prompt": item.prompt, "category": item.category,
+                  "width": image.width, "height": image.height, "global": global_entry,
+                  "regions": [_region_record(r) for r in region_entries], "judge": judge_info,
+                  "skipped_regions": skipped}
+        try:
+            return validate_record(record, item.source)
+        except RecordError as err:
+            return error_row("image_id", item.image_id, f"invalid record: {err}")
 
-    return run_items("judge", out, process, batch_size=1, info=info, config=cfg, retry_errors=cfg.retry_errors,
-                     summarize=summarize_rewards, input_errors=input_errors)
+    return stage.run(stage.each_image(judge_one), config=cfg, retry_errors=cfg.retry_errors, summarize=summarize_rewards)
 
 
 _REGION_KEYS = ("region_id", "bbox", "mask", "label", "score", "reason", "status", "method", "grounding", "detail")

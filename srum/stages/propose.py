@@ -17,15 +17,13 @@ Regions rejected by the grounding filter stay in the row with ``grounding.kept =
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from srum import distributed
 from srum.proposals import ProposalConfig, build_mask_generator, propose_for_image
 
-from .common import (ModelConfig, error_row, load_stage_model, log, open_image, read_image_manifest, relative_to,
-                     run_items)
-from .shards import ShardedOutput
+from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
 
 
 @dataclass
@@ -43,34 +41,17 @@ class ProposeStageConfig:
 
 
 def run_propose(cfg: ProposeStageConfig) -> dict:
-    info = distributed.init()
-    items, input_errors = read_image_manifest(cfg.images)
-    for err in input_errors[:20]:
-        log(info, f"srum propose: skipped {err}")
-    if not items:
-        raise ValueError(f"{cfg.images}: no usable image rows")
-    out_dir = Path(cfg.out_dir)
-    out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name="regions.jsonl")
-    state: dict = {}
+    stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl")
+    sam = functools.cache(lambda: build_mask_generator(cfg.proposals.sam, distributed.local_device(stage.info)))
+    model = lazy_model(cfg.model if cfg.proposals.grounding.enabled else None, stage.info)
+    out_dir = stage.out.out_dir
 
-    def process(indices: list[int]) -> list[dict]:
-        if "sam" not in state:
-            state["sam"] = build_mask_generator(cfg.proposals.sam, distributed.local_device(info))
-            state["model"] = load_stage_model(cfg.model, info) if cfg.proposals.grounding.enabled else None
-        rows = []
-        for i in indices:
-            item = items[i]
-            try:
-                image = open_image(item)
-            except (FileNotFoundError, ValueError) as err:
-                rows.append(error_row("image_id", item.image_id, str(err)))
-                continue
-            regions, stats = propose_for_image(image, item.prompt, state["sam"], state["model"], cfg.proposals)
-            rows.append({"image_id": item.image_id, "prompt_id": item.prompt_id, "sample_index": item.sample_index,
-                         "image_file": relative_to(item.image_path, out_dir), "prompt": item.prompt,
-                         "category": item.category, "width": image.width, "height": image.height,
-                         "regions": regions, "stats": stats})
-        return rows
+    def propose_one(item: ImageItem, image) -> dict:
+        regions, stats = propose_for_image(image, item.prompt, sam(), model(), cfg.proposals)
+        return {"image_id": item.image_id, "prompt_id": item.prompt_id, "sample_index": item.sample_index,
+                "image_file": relative_to(item.image_path, out_dir), "prompt": item.prompt,
+                "category": item.category, "width": image.width, "height": image.height,
+                "regions": regions, "stats": stats}
 
     def summarize(rows: list[dict]) -> dict:
         n_regions = sum(len(r["regions"]) for r in rows)
@@ -79,5 +60,4 @@ def run_propose(cfg: ProposeStageConfig) -> dict:
                 "num_images_without_kept_region": sum(r["stats"]["kept"] == 0 for r in rows),
                 "num_sam_masks": sum(r["stats"]["sam_masks"] for r in rows)}
 
-    return run_items("propose", out, process, batch_size=1, info=info, config=cfg, retry_errors=cfg.retry_errors,
-                     summarize=summarize, input_errors=input_errors)
+    return stage.run(stage.each_image(propose_one), config=cfg, retry_errors=cfg.retry_errors, summarize=summarize)

@@ -42,6 +42,8 @@ __all__ = [
     "load_tokenizer",
     "encode_text",
     "write_tiny_tokenizer",
+    "train_byte_level_bpe",
+    "TINY_CORPUS",
 ]
 
 BOS_TOKEN = "<|im_start|>"
@@ -144,7 +146,10 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, special: SpecialTokens, text
     return [special.bos, *tokenizer.encode(text, add_special_tokens=False), special.eos]
 
 
-_TINY_CORPUS: tuple[str, ...] = (
+# English sentences in the domain of the prompts and judge questions (objects, colours,
+# counts, relations, yes/no answers) plus digits, punctuation and non-ASCII text: the
+# default training text of the tiny tokenizers (Bagel's here, the tiny Qwen2.5-VL judge's).
+TINY_CORPUS: tuple[str, ...] = (
     "A red cube sits on top of a blue sphere.",
     "The green cylinder is to the left of the yellow cone.",
     "Two small purple balls rest beside a large orange box.",
@@ -190,8 +195,14 @@ _TINY_CORPUS: tuple[str, ...] = (
 )
 
 
-def _train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Train a Qwen2-style byte-level BPE; returns ``(vocab, merges)``."""
+def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Train a Qwen2-style byte-level BPE (Qwen2's pre-tokenizer split, NFC) on ``corpus``.
+
+    Returns ``(vocab, merges)``: ``vocab`` maps token -> id and holds the 256 byte
+    symbols, ``<|endoftext|>`` and one token per merge, at most ``vocab_size`` entries (a
+    small corpus may stop short); ``merges`` lists the merged pairs in training order.
+    Both are what ``vocab.json`` / ``merges.txt`` hold, or what a transformers
+    tokenizer class takes in memory."""
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
@@ -254,13 +265,13 @@ def write_tiny_tokenizer(
     """
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
         raise ValueError(f"vocab_size must be an int >= 257 (256 bytes + <|endoftext|>), got {vocab_size!r}")
-    sentences = list(_TINY_CORPUS if corpus is None else corpus)
+    sentences = list(TINY_CORPUS if corpus is None else corpus)
     if not sentences or not all(isinstance(s, str) for s in sentences):
         raise ValueError("corpus must be a non-empty iterable of strings")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = _train_byte_level_bpe(sentences, vocab_size)
+    vocab, merges = train_byte_level_bpe(sentences, vocab_size)
 
     special_kwargs = dict(
         unk_token=_ENDOFTEXT,
