@@ -60,12 +60,42 @@ def _reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     return torch.cat(outs)
 
 
+def _reference_kvcache(q, k_cache, v_cache, cache_seqlens, causal):
+    """flash_attn_with_kvcache's contract (no new keys passed): q [B, Lq, H, D] against the
+    first cache_seqlens[b] slots of cache row b; causal aligned bottom-right."""
+    outs = []
+    for b in range(q.shape[0]):
+        lq, lk = q.shape[1], int(cache_seqlens[b])
+        mask = torch.ones(lq, lk, dtype=torch.bool)
+        if causal:
+            mask = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
+        outs.append(_naive(q[b], k_cache[b, :lk], v_cache[b, :lk], mask) if lk else torch.zeros_like(q[b]))
+    return torch.stack(outs)
+
+
 @contextmanager
 def _flash_emulated():
     """Route the flash-attn code paths to the reference varlen on CPU float32."""
     with mock.patch.object(attention, "_flash_varlen", _reference_varlen), \
+            mock.patch.object(attention, "_flash_kvcache", _reference_kvcache), \
+            mock.patch.object(attention, "use_flash", lambda x: True), \
             mock.patch.object(language_model, "use_flash", lambda x: True):
         yield
+
+
+def test_flash_code_paths_match_sdpa_end_to_end(tiny_model):
+    """Understanding (ViT varlen, prefill, in-place cache decoding) and sampling (CFG rows
+    of different lengths) take the flash-attn code paths and give the SDPA results."""
+    images = [Image.new("RGB", (40, 30), (220, 20, 20)), Image.new("RGB", (30, 50), (20, 20, 220))]
+    questions = ["what is this?", "which colour is it?"]
+    kwargs = dict(height=32, width=48, num_timesteps=4, seed=1, output_type="latent")
+    want_text = tiny_model.understand(images, questions, max_new_tokens=6)
+    want_latents = tiny_model.generate_image(["a red cube", "two cats"], **kwargs).images
+    with _flash_emulated():
+        got_text = tiny_model.understand(images, questions, max_new_tokens=6)
+        got_latents = tiny_model.generate_image(["a red cube", "two cats"], **kwargs).images
+    assert got_text == want_text
+    torch.testing.assert_close(got_latents, want_latents, atol=1e-5, rtol=1e-4)
 
 
 SEGMENT_LAYOUTS = [
@@ -107,8 +137,11 @@ def test_segment_plan_needs_contiguous_keys():
     (False, [3, 0, 5], [2, 4, 0]),
     (False, [3, 1, 0], [2, 4, 5]),   # every row 5 long: SDPA runs without a mask
     (True, [3, 1, 0], [2, 4, 5]),
+    (True, [3, 2, 5], [1, 0, 1]),    # decoding: one token per live row (flash reads the cache in place)
+    (True, [3, 2, 5], [2, 2, 2]),
 ])
-def test_cached_attention_matches_naive(causal, past, new):
+@pytest.mark.parametrize("backend", ["sdpa", "flash-kvcache", "flash-varlen"])
+def test_cached_attention_matches_naive(causal, past, new, backend):
     g = torch.Generator().manual_seed(0)
     past, new = torch.tensor(past), torch.tensor(new)
     layout = CachedLayout(PackedLayout.from_lengths(new), past, causal)
@@ -117,7 +150,18 @@ def test_cached_attention_matches_naive(causal, past, new):
     k_cache = torch.randn(3, cap, kv_heads, dim, generator=g)
     v_cache = torch.randn(3, cap, kv_heads, dim, generator=g)
     q = torch.randn(int(new.sum()), heads, dim, generator=g)
-    out = cached_attention(q, k_cache, v_cache, layout)
+    if backend == "sdpa":
+        out = cached_attention(q, k_cache, v_cache, layout)
+    else:  # the flash-attn code paths, with the kernels emulated
+        kvcache = _reference_kvcache if backend == "flash-kvcache" else None
+        if kvcache is not None:
+            in_place = not causal or all(n in (0, int(new.max())) for n in new.tolist())
+            with mock.patch.object(attention, "_flash_kvcache", kvcache):
+                assert attention._reads_cache_in_place(layout) == in_place
+        with mock.patch.object(attention, "_flash_varlen", _reference_varlen), \
+                mock.patch.object(attention, "_flash_kvcache", kvcache), \
+                mock.patch.object(attention, "use_flash", lambda x: True):
+            out = cached_attention(q, k_cache, v_cache, layout)
     start = 0
     for b in range(3):
         n, p = int(new[b]), int(past[b])

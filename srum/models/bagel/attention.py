@@ -3,8 +3,9 @@
 
 Two backends compute the same thing:
 
-* ``flash``: ``flash_attn_varlen_func`` from flash-attn, used when the package is
-  installed and the tensors are on CUDA;
+* ``flash``: ``flash_attn_varlen_func`` from flash-attn (``flash_attn_with_kvcache`` for
+  cached inference where it applies), used when the package is installed and the
+  tensors are on CUDA in half precision;
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with an explicit
   boolean mask, used everywhere else (CPU, no flash-attn).
 
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 
 try:  # optional dependency; never required
     from flash_attn import flash_attn_varlen_func as _flash_varlen
+    from flash_attn import flash_attn_with_kvcache as _flash_kvcache
 except ImportError:  # pragma: no cover - depends on the machine
-    _flash_varlen = None
+    _flash_varlen = _flash_kvcache = None
 
 
 def use_flash(x: torch.Tensor) -> bool:
@@ -158,10 +160,29 @@ class CachedLayout:
         return (k_idx[None, None, :] < limit)[:, None]
 
 
+def _reads_cache_in_place(layout: CachedLayout) -> bool:
+    """Whether ``flash_attn_with_kvcache`` computes our rule for this call. Its causal mask
+    is aligned to the bottom right of the padded query block, so every row that has new
+    tokens must fill that block (true when decoding: one token per live row); non-causal
+    calls see every slot up to the row's end anyway. Padded queries are dropped."""
+    if _flash_kvcache is None:
+        return False
+    if not layout.causal:
+        return True
+    lengths = layout.query.lengths
+    return bool(((lengths == 0) | (lengths == layout.query.max_len)).all())
+
+
 def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: CachedLayout) -> torch.Tensor:
     """Attention of packed queries q [N, Hq, D] over cache rows [B, capacity, Hkv, D]
     (the new keys/values already written) -> [N, Hq, D]."""
     key_len = int(layout.total.max())
+    if use_flash(q) and _reads_cache_in_place(layout):
+        # the kernel reads each row's first cache_seqlens slots where they are: no copy of
+        # the cache per call, so a decoded token costs the same at any context length
+        out = _flash_kvcache(layout.query.pad(q), k_cache, v_cache, cache_seqlens=layout.total.to(torch.int32),
+                             causal=layout.causal)
+        return layout.query.unpad(out)
     if use_flash(q):
         keys = PackedLayout.from_lengths(layout.total)
         k = k_cache[keys.row, keys.col]
