@@ -129,6 +129,28 @@ def test_logits_judging_is_deterministic_and_rerun_is_a_no_op(run_dir, tiny_dir,
     assert summary["complete"] and part.read_text() == before
 
 
+def test_retry_errors_rejudges_records_with_failed_judgments(run_dir, tiny_dir, tmp_path):
+    """A random model's text answers never parse: every record has a failed global judgment.
+    Kept and counted; a plain rerun does nothing; retry_errors with another judge setting
+    (logits mode) judges them again, and the new records replace the old ones."""
+    common = [f"regions={run_dir / 'propose' / 'regions.jsonl'}", f"out_dir={tmp_path / 'judge'}",
+              f"model.path={tiny_dir}"]
+    text = ["judge.mode=text", "judge.think=false", "judge.max_new_tokens=3", "judge.retries=0"]
+    first = run_judge(load_config(JudgeStageConfig, None, common + text))
+    records = _rows(tmp_path / "judge" / "rewards.jsonl")
+    assert len(records) == 3 and all(r["global"]["status"] == "failed" for r in records)
+    assert first["num_retryable"] == 3 and first["global_failed"] == 3 and first["num_errors"] == 0
+    part = tmp_path / "judge" / "parts" / "rank-00000.jsonl"
+    before = part.read_text()
+    run_judge(load_config(JudgeStageConfig, None, common + text))
+    assert part.read_text() == before                                  # finished: nothing asked again
+    again = run_judge(load_config(JudgeStageConfig, None, common + JUDGE + ["retry_errors=true"]))
+    records = _rows(tmp_path / "judge" / "rewards.jsonl")
+    assert [r["image_id"] for r in records] == [r["image_id"] for r in _rows(run_dir / "judge" / "rewards.jsonl")]
+    assert all(r["global"]["status"] == "ok" and r["global"]["method"] == "logits" for r in records)
+    assert again["num_retryable"] == 0 and again["global_failed"] == 0 and again["num_ok"] == 3
+
+
 def test_bad_input_is_named_skipped_and_counted(run_dir, tiny_dir, tmp_path):
     good = _rows(run_dir / "propose" / "regions.jsonl")
     image = str((run_dir / "propose" / good[0]["image_file"]).resolve())

@@ -172,11 +172,11 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
     # good2 shared a greedy call with boom3: that call raised, its sampled re-ask alone worked
     assert [(a["answer"], a["sampled"], a["error"]) for a in scores[2]["attempts"]] == [
         (None, False, "judge raised RuntimeError: CUDA out of memory (scripted)"), ('{"score": 60}', True, None)]
+    assert scores[1]["attempts"][-1]["error"] and len(scores[1]["attempts"]) == 2
     errors = {r["image_id"]: r for r in _rows(layout.scores / "errors.jsonl")}
-    assert sorted(errors) == ["bad1", "boom3", "gone5"]
-    assert errors["bad1"]["status"] == "failed" and errors["bad1"]["_error"].startswith("no usable judgment in 2 ")
-    assert "status" not in errors["gone5"] and "image not found" in errors["gone5"]["_error"]
+    assert sorted(errors) == ["gone5"] and "image not found" in errors["gone5"]["_error"]
     assert (first["num_scored"], first["num_failed"], first["num_errors"], first["mean_score"]) == (3, 2, 1, 60.0)
+    assert first["num_retryable"] == 2
     summary = summarize_run(layout.root)    # the summary counts failed judgments as before
     assert (summary["num_images"], summary["num_scored"], summary["num_failed"], summary["num_errors"]) == (5, 3, 2, 1)
     assert summary["categories"]["color"]["mean"] == 60.0 and "shape" not in summary["categories"]
@@ -187,6 +187,13 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
     score(fixed, retry_errors=False)
     assert asked == [] and files() == before
 
+    # a retry that fails again replaces the failed row with its newer attempts
+    score(lambda question, sampled, generator: asked.append(text_of(question)) or "still no idea", retry_errors=True)
+    assert asked == ["prompt bad1", "prompt boom3"] * 2           # greedy for both, then one sampled re-ask each
+    failed_again = {r["image_id"]: r for r in _rows(layout.scores_file)}
+    assert list(failed_again) == names                          # still one row per image
+    assert [a["answer"] for a in failed_again["boom3"]["attempts"]] == ["still no idea"] * 2
+
     # retry_errors: exactly the two failed judgments are asked again (gone5 is still unreadable)
     again = score(fixed, retry_errors=True)
     assert asked == ["prompt bad1", "prompt boom3"]
@@ -196,6 +203,7 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
     assert all(r["status"] == "ok" and r["score"] == 90 for r in rescored if r["image_id"] in ("bad1", "boom3"))
     assert [r["image_id"] for r in _rows(layout.scores / "errors.jsonl")] == ["gone5"]
     assert (again["num_scored"], again["num_failed"], again["num_errors"], again["num_ok"]) == (5, 0, 1, 5)
+    assert again["num_retryable"] == 0
     assert summarize_run(layout.root)["num_failed"] == 0
 
 

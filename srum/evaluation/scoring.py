@@ -19,19 +19,16 @@ Stage output (``scores/`` of a run, see :class:`~srum.stages.shards.ShardedOutpu
   ``prompt_id``, ``sample_index``, ``category``, ``prompt``, ``image_file`` (relative to
   ``scores/``), ``score``, ``status`` ("ok" / "failed"), ``explanation``, ``attempts``
   (every raw answer with its parse error), ``judge``, ``think``. This is what the
-  summary reads.
-* ``errors.jsonl``: the failed judgments (the same rows plus the ``_error`` reason) and
-  the images that could not be judged at all (unreadable, no category). Both are redone
-  by ``retry_errors``; a successful retry replaces the failed row.
-* ``judged_ok.jsonl``: the stage's merged successful rows (bookkeeping; ``scores.jsonl``
-  is written from it and ``errors.jsonl`` after every run).
+  summary reads. ``retry_errors`` asks the judge again about the failed rows; a new
+  answer replaces the old row.
+* ``errors.jsonl``: the images that could not be judged at all (unreadable, no
+  category), with the reason; ``retry_errors`` redoes them too.
 * ``summary.json``: ``num_scored``, ``num_failed`` (failed judgments), ``mean_score``,
   ``num_errors`` (images not judged at all), ``num_missing``, ``complete``.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -41,15 +38,12 @@ from typing import Any, Sequence
 import torch
 
 from srum import distributed
-from srum.fileio import atomic_write_text, iter_jsonl
 from srum.judge.parse import ParseError, brace_blocks, load_lenient, strip_reasoning
 from srum.stages.common import ImageStage, error_row, open_image, relative_to
 from srum.stages.generate import image_seed
-from srum.stages.shards import ERROR_KEY, ShardedOutput
 
 DEFAULT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct"
 SCORES_FILE = "scores.jsonl"            # every judged image (ok and failed): what the summary reads
-JUDGED_OK_FILE = "judged_ok.jsonl"      # the sharded stage's own merged manifest: successful judgments
 # What a judge call may raise for one batch (out of memory, a reply it cannot produce):
 # such an attempt fails and is retried; anything else is a bug and stops the run.
 BACKEND_ERRORS = (RuntimeError, ValueError)
@@ -332,7 +326,8 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
     folder). ``retry_errors`` re-judges the failed judgments and the images not judged
     before. ``backend``: an already built judge (tests); default: load ``judge.model``.
     Returns the stage summary (on rank 0; ``{}`` on the others)."""
-    stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=JUDGED_OK_FILE)
+    stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=SCORES_FILE,
+                            retryable=failed_judgment)
     items, out_dir = stage.items, stage.out.out_dir
     judge_backend = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(judge, stage.info))
 
@@ -361,39 +356,17 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
                            "image_file": relative_to(item.image_path, out_dir), **result,
                            "judge": getattr(judge_backend(), "model_id", judge.model),
                            "think": item.row.get("think")}
-                if result["status"] == "failed":  # an error row too: retry_errors asks the judge again
-                    rows[i][ERROR_KEY] = (f"no usable judgment in {len(result['attempts'])} attempt(s); last: "
-                                          f"{result['attempts'][-1]['error']}")
         return [rows[i] for i in indices]
 
-    summary = stage.run(process, batch_size=judge.batch_size, config=config or judge, retry_errors=retry_errors)
-    return publish_scores(stage.out) if stage.info.is_main else summary
+    def summarize(rows: list[dict]) -> dict:
+        scored = [r["score"] for r in rows if r.get("status") == "ok"]
+        return {"num_scored": len(scored), "num_failed": sum(failed_judgment(r) for r in rows),
+                "mean_score": sum(scored) / len(scored) if scored else None}
+
+    return stage.run(process, batch_size=judge.batch_size, config=config or judge, retry_errors=retry_errors,
+                     summarize=summarize)
 
 
-def publish_scores(out: ShardedOutput) -> dict:
-    """After the merge (one process): write ``scores.jsonl`` -- the successful rows and
-    the failed judgments (without their ``_error``), in input order -- and the score
-    counts into ``summary.json``. Files that would not change are left untouched, so a
-    rerun of a finished stage writes nothing. Returns the summary."""
-    judged, not_judged = {}, 0
-    for path in (out.manifest_path, out.errors_path):
-        for _, row, err in iter_jsonl(path):
-            if err:
-                raise ValueError(f"{err} (a merged file of this stage; rerun the score step to rebuild it)")
-            if ERROR_KEY in row and row.get("status") != "failed":
-                not_judged += 1
-            else:
-                judged[row["image_id"]] = {k: v for k, v in row.items() if k != ERROR_KEY}
-    rows = [judged[key] for key in out.keys if key in judged]
-    _write_if_changed(out.out_dir / SCORES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    summary = json.loads(out.summary_path.read_text())
-    scored = [r["score"] for r in rows if r["status"] == "ok"]
-    summary.update({"num_errors": not_judged, "num_scored": len(scored), "num_failed": len(rows) - len(scored),
-                    "mean_score": sum(scored) / len(scored) if scored else None})
-    _write_if_changed(out.summary_path, json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-        atomic_write_text(path, text)
+def failed_judgment(row: dict) -> bool:
+    """A scored row whose every attempt failed: kept and counted, redone by ``retry_errors``."""
+    return row.get("status") == "failed"

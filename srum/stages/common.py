@@ -168,15 +168,17 @@ class ImageStage:
 
     @classmethod
     def open(cls, name: str, manifest: str | os.PathLike, out_dir: str | os.PathLike,
-             manifest_name: str) -> ImageStage:
+             manifest_name: str, retryable: Callable[[dict], bool] | None = None) -> ImageStage:
         """Join the process group, read ``manifest`` (an unusable row is logged and skipped;
-        none usable is an error) and prepare the sharded output ``out_dir/manifest_name``."""
+        none usable is an error) and prepare the sharded output ``out_dir/manifest_name``
+        (``retryable``: which result rows ``retry_errors`` redoes, see ShardedOutput)."""
         info = distributed.init()
         items, input_errors = read_image_manifest(manifest)
         log_skipped(info, name, input_errors)
         if not items:
             raise ValueError(f"{manifest}: no usable image rows")
-        out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name=manifest_name)
+        out = ShardedOutput(out_dir, [it.image_id for it in items], info, manifest_name=manifest_name,
+                            retryable=retryable)
         return cls(name, info, items, input_errors, out)
 
     def each_image(self, handle: Callable[[ImageItem, Any], dict]) -> Callable[[list[int]], list[dict]]:
@@ -245,7 +247,10 @@ def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]]
         for line in result.bad_lines[:20]:
             log(info, f"srum {name}: ignored {line}")
         summary = json.loads(out.summary_path.read_text())
-        log(info, f"srum {name}: {summary['num_ok']} ok, {summary['num_errors']} failed"
+        retry = summary.get("num_retryable", 0)
+        log(info, f"srum {name}: {summary['num_ok']} done"
+                  f"{f' ({retry} of them failed judgments that retry_errors would redo)' if retry else ''}"
+                  f", {summary['num_errors']} failed"
                   f"{', ' + str(summary['num_missing']) + ' missing' if summary['num_missing'] else ''}"
                   f" -> {out.manifest_path}")
         for err in result.errors[:20]:

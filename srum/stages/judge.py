@@ -32,7 +32,7 @@ class JudgeStageConfig:
     model: ModelConfig | None = None         # the UMM judging itself (backend "self")
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
-    retry_errors: bool = False               # redo images recorded as failed
+    retry_errors: bool = False               # redo unreadable images and records with a failed judgment
 
     def __post_init__(self):
         if self.judge.backend == "self" and self.model is None:
@@ -61,7 +61,8 @@ def region_problem(region, width: int, height: int) -> str | None:
 
 
 def run_judge(cfg: JudgeStageConfig) -> dict:
-    stage = ImageStage.open("judge", cfg.regions, cfg.out_dir, manifest_name="rewards.jsonl")
+    stage = ImageStage.open("judge", cfg.regions, cfg.out_dir, manifest_name="rewards.jsonl",
+                            retryable=has_failed_judgment)
     model = lazy_model(cfg.model if cfg.judge.backend == "self" else None, stage.info)
     backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
     out_dir = stage.out.out_dir
@@ -99,6 +100,19 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
     return stage.run(stage.each_image(judge_one), config=cfg, retry_errors=cfg.retry_errors, summarize=summarize_rewards)
 
 
+def _not_asked(region: dict) -> bool:
+    return bool((region.get("detail") or {}).get("skipped"))
+
+
+def has_failed_judgment(record: dict) -> bool:
+    """Whether a record's global judgment, or one of its asked regions, failed after all
+    attempts. Such records are kept (training skips or neutralises them); ``retry_errors``
+    judges the image again, e.g. after raising ``judge.retries`` or changing the judge."""
+    if (record.get("global") or {}).get("status") == "failed":
+        return True
+    return any(r.get("status") == "failed" and not _not_asked(r) for r in record.get("regions") or [])
+
+
 _REGION_KEYS = ("region_id", "bbox", "mask", "label", "score", "reason", "status", "method", "grounding", "detail")
 
 
@@ -114,16 +128,14 @@ def _region_record(entry: dict) -> dict:
 
 def summarize_rewards(records: list[dict]) -> dict:
     """Counts of a reward file: global ok / failed, regions judged ok / failed / not asked."""
-    def not_asked(r):
-        return bool((r.get("detail") or {}).get("skipped"))
     g_ok = [r["global"]["score"] for r in records if r["global"]["status"] == "ok"]
     regions = [x for r in records for x in r["regions"]]
     r_ok = [x["score"] for x in regions if x["status"] == "ok"]
     return {
         "global_ok": len(g_ok), "global_failed": sum(r["global"]["status"] == "failed" for r in records),
         "global_mean": sum(g_ok) / len(g_ok) if g_ok else None,
-        "regions_ok": len(r_ok), "regions_failed": sum(x["status"] == "failed" and not not_asked(x) for x in regions),
-        "regions_not_asked": sum(not_asked(x) for x in regions),
+        "regions_ok": len(r_ok), "regions_failed": sum(x["status"] == "failed" and not _not_asked(x) for x in regions),
+        "regions_not_asked": sum(_not_asked(x) for x in regions),
         "regions_mean": sum(r_ok) / len(r_ok) if r_ok else None,
         "regions_skipped_bad_input": sum(len(r.get("skipped_regions", [])) for r in records),
     }

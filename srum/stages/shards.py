@@ -18,6 +18,13 @@ always points at complete files. A process killed mid-row leaves a truncated las
 line: it is ignored on reading and cut off before the next append, so a rerun redoes
 that item once. Merging reads every part, keeps the first row per key, and replaces
 the manifest atomically; rerunning with another world size works the same way.
+
+Two kinds of rows are redone by ``retry_errors``: *error rows* (``_error``: the item
+produced nothing usable, e.g. an unreadable image; merged into ``errors.jsonl``) and
+*retryable results*, which the stage recognises with its ``retryable`` predicate (e.g.
+a judgment that failed after all its attempts: a real result, merged into the
+manifest like any other, but worth asking again after a config or backend change). A
+newer row of an item replaces an error row or a retryable result.
 """
 from __future__ import annotations
 
@@ -78,9 +85,10 @@ class ShardedOutput:
     """Resumable per-item output of one stage in ``out_dir`` (see the module docstring)."""
 
     def __init__(self, out_dir: str | os.PathLike, keys: list[str], info: DistInfo, manifest_name: str = "manifest.jsonl",
-                 key_field: str = "image_id"):
+                 key_field: str = "image_id", retryable: Callable[[dict], bool] | None = None):
         if len(set(keys)) != len(keys):
             raise ValueError("work item keys must be unique")
+        self.retryable = retryable or (lambda row: False)
         self.out_dir = Path(out_dir)
         self.keys = keys
         self.info = info
@@ -109,18 +117,25 @@ class ShardedOutput:
                     bad.append(f"{path}: row without a string {self.key_field!r}")
                     continue
                 if key in rows:
-                    # a successful retry replaces an earlier recorded error for the same item
-                    if ERROR_KEY in rows[key] and ERROR_KEY not in obj:
+                    old = rows[key]
+                    if self._redo(old) and ERROR_KEY not in obj and path.parent == self.parts_dir:
+                        # a retry (appended after the row it redoes) replaces it
                         rows[key] = obj
-                    elif path.parent == self.parts_dir and ERROR_KEY not in obj:
+                    elif ERROR_KEY in old and ERROR_KEY not in obj:
+                        rows[key] = obj
+                    elif path.parent == self.parts_dir and ERROR_KEY not in obj and not self._redo(obj):
                         duplicates += 1
                     continue
                 rows[key] = obj
         return rows, duplicates, bad
 
+    def _redo(self, row: dict) -> bool:
+        """Whether ``retry_errors`` redoes this row."""
+        return ERROR_KEY in row or bool(self.retryable(row))
+
     def done_keys(self, retry_errors: bool = False) -> set[str]:
         rows, _, _ = self._read_rows()
-        return {k for k, r in rows.items() if not (retry_errors and ERROR_KEY in r)}
+        return {k for k, r in rows.items() if not (retry_errors and self._redo(r))}
 
     def is_complete(self) -> bool:
         """True when the merged manifest (plus recorded errors) covers every key."""
@@ -157,6 +172,7 @@ class ShardedOutput:
         atomic_write_text(self.errors_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in errors))
         result = MergeResult(ok, errors, missing, duplicates, bad)
         summary = {"num_items": len(self.keys), "num_ok": len(ok), "num_errors": len(errors),
+                   "num_retryable": sum(bool(self.retryable(r)) for r in ok),
                    "num_missing": len(missing), "complete": result.complete, "world_size": self.info.world_size,
                    "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if started is not None:
