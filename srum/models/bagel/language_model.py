@@ -42,6 +42,10 @@ class ExpertRouting:
         if is_gen is not None:
             self.gen_idx = torch.nonzero(is_gen, as_tuple=True)[0]
             self.und_idx = torch.nonzero(~is_gen, as_tuple=True)[0]
+            # where each token sits in [understanding tokens..., generation tokens...]:
+            # outputs are put back in order with one gather (index_select), which is
+            # several times faster on CPU than scattering into an empty tensor
+            self.restore = torch.argsort(torch.cat([self.und_idx, self.gen_idx]))
 
     def to(self, device: torch.device) -> "ExpertRouting":
         if self.is_gen is None or self.is_gen.device == device:
@@ -54,12 +58,9 @@ class ExpertRouting:
             return und(x)
         if self.und_idx.numel() == 0:
             return gen(x)
-        y_und = und(x[self.und_idx])
-        y_gen = gen(x[self.gen_idx])
-        out = y_und.new_empty((x.shape[0], *y_und.shape[1:]))
-        out[self.und_idx] = y_und
-        out[self.gen_idx] = y_gen.to(y_und.dtype)
-        return out
+        y_und = und(x.index_select(0, self.und_idx))
+        y_gen = gen(x.index_select(0, self.gen_idx))
+        return torch.cat([y_und, y_gen.to(y_und.dtype)]).index_select(0, self.restore)
 
 
 class MoTAttention(nn.Module):
