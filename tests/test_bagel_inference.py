@@ -207,3 +207,14 @@ def test_compiled_layers_give_the_same_results(tiny_dir, images):
     questions = ["what is this?", "which colour?"]
     assert compiled.understand(images[:2], questions, max_new_tokens=6) == \
         eager.understand(images[:2], questions, max_new_tokens=6)
+
+
+def test_unknown_compile_backend_is_named_at_config_time():
+    from srum.stages.common import ModelConfig
+    from srum.training.config import ParallelConfig
+
+    with pytest.raises(ValueError, match="model.compile_backend: unknown torch.compile backend 'indcutor'"):
+        ModelConfig(path="-", compile=True, compile_backend="indcutor")
+    with pytest.raises(ValueError, match="parallel.compile_backend: unknown torch.compile backend 'x'"):
+        ParallelConfig(compile=True, compile_backend="x")
+    ModelConfig(path="-", compile_backend="x")  # not compiling: the backend is never used

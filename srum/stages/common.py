@@ -39,6 +39,11 @@ class ModelConfig:
     compile: bool = False
     compile_backend: str = "inductor"
 
+    def __post_init__(self):
+        if self.compile:
+            from srum.models.bagel.language_model import check_compile_backend
+            check_compile_backend(self.compile_backend, "model.compile_backend")
+
 
 def load_stage_model(cfg: ModelConfig, info: DistInfo):
     """Load the Bagel of ``cfg`` onto this process's device (or spread it with ``device_map``)."""

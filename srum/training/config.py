@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import ConfigError, load_config
+from ..models.bagel.language_model import check_compile_backend
 from ..rewards.raster import RewardMapConfig
 
 
@@ -181,6 +182,8 @@ class ParallelConfig:
             raise ValueError(f"parallel.shard_size must be >= 1, got {self.shard_size}")
         if self.vae_batch_size < 1:
             raise ValueError(f"parallel.vae_batch_size must be >= 1, got {self.vae_batch_size}")
+        if self.compile:
+            check_compile_backend(self.compile_backend, "parallel.compile_backend")
 
 
 @dataclass

@@ -89,8 +89,8 @@ def encode_latents(tm: TrainingModel, samples: list[TrainSample], device: torch.
             images = torch.stack([im for _, _, im in chunk]).to(device, tm.dtype)
             gens = [torch.Generator().manual_seed(samples[i].vae_seed) for i, _, _ in chunk]
             lat = tm.vae.encode(images, sample=sample_posterior, generator=gens)
-            for (i, kind, _), lat_i in zip(chunk, lat.float().unbind(0)):
-                tokens[i, kind] = tm.model.patchify_latents(lat_i[None])[0]
+            for (i, kind, _), tok in zip(chunk, tm.model.patchify_latents(lat.float()).unbind(0)):
+                tokens[i, kind] = tok
     x0 = [tokens[i, "image"] for i in range(len(samples))]
     any_reference = any(s.reference is not None for s in samples)
     x0_gt = [tokens.get((i, "reference"), tokens[i, "image"]) for i in range(len(samples))]

@@ -21,6 +21,7 @@ attention (fewer key/value heads than query heads) is handled by both backends.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -136,9 +137,27 @@ class CachedLayout:
     def to(self, device: torch.device) -> "CachedLayout":
         return CachedLayout(self.query.to(device), self.past.to(device), self.causal)
 
-    @property
+    # The layout is shared by every layer of a forward: what needs a device-to-host read
+    # is computed once, not once per layer.
+    @functools.cached_property
     def total(self) -> torch.Tensor:
         return self.past + self.query.lengths
+
+    @functools.cached_property
+    def key_len(self) -> int:
+        """Keys of the longest row after this call."""
+        return int(self.total.max())
+
+    @functools.cached_property
+    def all_keys_visible(self) -> bool:
+        """Non-causal and every row ``key_len`` long: no query has a key hidden from it."""
+        return not self.causal and bool(self.total.numel()) and int(self.total.min()) == self.key_len
+
+    @functools.cached_property
+    def fills_query_block(self) -> bool:
+        """Every row with new tokens has ``query.max_len`` of them (decoding: one each)."""
+        lengths = self.query.lengths
+        return bool(((lengths == 0) | (lengths == self.query.max_len)).all())
 
     @property
     def slot(self) -> torch.Tensor:
@@ -147,10 +166,10 @@ class CachedLayout:
 
     def mask(self, key_len: int) -> torch.Tensor | None:
         """[B, 1, Lq, key_len] boolean attention mask for SDPA, or None when every query
-        may see every key (non-causal, every row ``key_len`` long): SDPA without a mask
-        skips the masking work. Padded query positions see anything; they are dropped."""
+        may see every key (:attr:`all_keys_visible`): SDPA without a mask skips the
+        masking work. Padded query positions see anything; they are dropped."""
         device = self.past.device
-        if not self.causal and self.total.numel() and int(self.total.min()) == key_len:
+        if key_len == self.key_len and self.all_keys_visible:
             return None
         k_idx = torch.arange(key_len, device=device)
         limit = self.total[:, None, None]
@@ -165,24 +184,19 @@ def _reads_cache_in_place(layout: CachedLayout) -> bool:
     is aligned to the bottom right of the padded query block, so every row that has new
     tokens must fill that block (true when decoding: one token per live row); non-causal
     calls see every slot up to the row's end anyway. Padded queries are dropped."""
-    if _flash_kvcache is None:
-        return False
-    if not layout.causal:
-        return True
-    lengths = layout.query.lengths
-    return bool(((lengths == 0) | (lengths == layout.query.max_len)).all())
+    return _flash_kvcache is not None and (not layout.causal or layout.fills_query_block)
 
 
 def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, layout: CachedLayout) -> torch.Tensor:
     """Attention of packed queries q [N, Hq, D] over cache rows [B, capacity, Hkv, D]
     (the new keys/values already written) -> [N, Hq, D]."""
-    key_len = int(layout.total.max())
     if use_flash(q) and _reads_cache_in_place(layout):
         # the kernel reads each row's first cache_seqlens slots where they are: no copy of
         # the cache per call, so a decoded token costs the same at any context length
         out = _flash_kvcache(layout.query.pad(q), k_cache, v_cache, cache_seqlens=layout.total.to(torch.int32),
                              causal=layout.causal)
         return layout.query.unpad(out)
+    key_len = layout.key_len
     if use_flash(q):
         keys = PackedLayout.from_lengths(layout.total)
         k = k_cache[keys.row, keys.col]

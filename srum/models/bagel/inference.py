@@ -74,7 +74,7 @@ class BagelInferenceMixin:
         one. Returns final hidden states [N, hidden]."""
         query = PackedLayout.from_lengths(lengths)
         layout = CachedLayout(query, cache.lengths.clone(), causal)
-        cache.ensure_capacity(int(layout.total.max()))
+        cache.ensure_capacity(layout.key_len)
         positions = cache.next_pos[query.row] + (0 if single_position else query.col)
         hidden = self.language_model.model.forward_cached(embeds, positions, layout, cache, is_gen)
         if commit:

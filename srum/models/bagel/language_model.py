@@ -29,6 +29,15 @@ from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 from .masks import SegmentPlan
 
 
+def check_compile_backend(name: str, field: str = "compile_backend") -> None:
+    """Raise a ValueError naming ``field`` when torch.compile has no backend ``name``."""
+    import torch._dynamo  # imported only when compiling is asked for
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise ValueError(f"{field}: unknown torch.compile backend {name!r} (known: {', '.join(sorted(known))})")
+
+
 class ExpertRouting:
     """Which packed tokens go through the generation expert.
 
@@ -140,6 +149,7 @@ class Qwen2MoTModel(nn.Module):
         checkpoint keys do not change. Lengths change from call to call (packed
         sequences, prompts, cache rows): after the first recompile torch marks them
         dynamic instead of compiling again for every length."""
+        check_compile_backend(backend)
         for layer in self.layers:
             layer.compile(backend=backend)
         return len(self.layers)
