@@ -14,7 +14,8 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``visualize``: pictures of regions, scores and reward maps, and an HTML run report;
 * ``eval``: T2I-CompBench generation, MLLM scoring, summaries and comparisons; GenEval images;
 * ``pipeline``: the whole loop (generate -> ... -> eval -> report) for one or more rounds;
-* ``datasets``: list and check the named datasets of the registry (``data/datasets.yaml``).
+* ``datasets``: list and check the named datasets of the registry (``data/datasets.yaml``);
+* ``miniworld``: the miniature world: pretrain its Bagel from scratch, measure its abilities.
 """
 from __future__ import annotations
 
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_parser(sub)
     from srum.data.cli import add_datasets_parser
     add_datasets_parser(sub)
+    from srum.miniworld.cli import add_miniworld_parser
+    add_miniworld_parser(sub)
     return parser
 
 

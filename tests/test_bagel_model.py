@@ -261,7 +261,7 @@ def test_greedy_decode_matches_full_forward(tiny_model):
     assert model._decode_text(tokens) == answer
 
     st = model.special_tokens
-    pixels = vit_transform()(vae_transform().resize(to_rgb(image)))
+    pixels = vit_transform(model.config)(vae_transform(model.config).resize(to_rgb(image)))
     p = model.config.vit.patch_size
     patches = patchify(pixels, p)
     nv = patches.shape[0]

@@ -3,6 +3,8 @@
 
 * ``srum eval compbench STEP [--config FILE] [KEY=VALUE ...]``, STEP one of
   ``generate`` (images), ``score`` (MLLM judge), ``summarize`` (tables, chart) or ``all``;
+* ``srum eval miniworld STEP [--config FILE] [KEY=VALUE ...]``: the miniature world's
+  held-out prompts, scored by its exact oracle (same steps and run layout);
 * ``srum eval compare RUN ... --out DIR [--labels ...]``: runs side by side with deltas;
 * ``srum eval official-layout RUN_OR_MANIFEST --out DIR``: T2I-CompBench's own layout;
 * ``srum eval geneval-images [--config FILE] [KEY=VALUE ...]``: GenEval images.
@@ -71,6 +73,22 @@ def cmd_compbench(args) -> int:
     return run_compbench(args.step, load_config(CompBenchConfig, args.config, args.overrides))
 
 
+def cmd_miniworld(args) -> int:
+    from srum.config import load_config
+    from srum.miniworld.evaluation import MiniWorldEvalConfig, run_miniworld
+    return run_miniworld(args.step, load_config(MiniWorldEvalConfig, args.config, args.overrides))
+
+
+def _add_steps(parser: argparse.ArgumentParser, step_help: dict[str, str], example: str, func) -> None:
+    """One sub-command per step, so that "--config FILE KEY=VALUE ..." parses after it."""
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for step in COMPBENCH_STEPS:
+        s = steps.add_parser(step, help=step_help[step], formatter_class=argparse.RawDescriptionHelpFormatter,
+                             description=f"{step_help[step]}. Example: {example.format(step=step)}")
+        _config_args(s)
+        s.set_defaults(func=func)
+
+
 def cmd_compare(args) -> int:
     from .summary import compare_runs
     result = compare_runs(args.runs, args.out, args.labels)
@@ -98,7 +116,8 @@ def cmd_geneval_images(args) -> int:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench (MLLM judge), GenEval images",
+    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench (MLLM judge), miniature world, "
+                                           "GenEval images",
                               description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="eval_command", required=True)
 
@@ -106,18 +125,22 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                        formatter_class=fmt,
                        description="Example: srum eval compbench all --config configs/eval/compbench.yaml "
                                    "model.path=/ckpt/BAGEL-7B-MoT out_dir=runs/eval/bagel")
-    # one sub-command per step, so that "--config FILE KEY=VALUE ..." parses after it
-    steps = c.add_subparsers(dest="step", required=True, metavar="STEP")
-    step_help = {"generate": "images for the val prompts into <out_dir>/images/<category>/",
-                 "score": "judge every image (0-100) into <out_dir>/scores/scores.jsonl",
-                 "summarize": "per-category means, overall, CSV/JSON/markdown/chart into <out_dir>/summary/",
-                 "all": "generate, score and summarize in one go"}
-    for step in COMPBENCH_STEPS:
-        s = steps.add_parser(step, help=step_help[step], formatter_class=fmt,
-                             description=f"{step_help[step]}. Example: srum eval compbench {step} "
-                                         "--config configs/eval/compbench.yaml out_dir=runs/eval/bagel")
-        _config_args(s)
-        s.set_defaults(func=cmd_compbench)
+    _add_steps(c, {"generate": "images for the val prompts into <out_dir>/images/<category>/",
+                   "score": "judge every image (0-100) into <out_dir>/scores/scores.jsonl",
+                   "summarize": "per-category means, overall, CSV/JSON/markdown/chart into <out_dir>/summary/",
+                   "all": "generate, score and summarize in one go"},
+               "srum eval compbench {step} --config configs/eval/compbench.yaml out_dir=runs/eval/bagel", cmd_compbench)
+
+    c = sub.add_parser("miniworld", help="miniature world: held-out prompts, images, exact oracle, summary",
+                       formatter_class=fmt,
+                       description="Example: srum eval miniworld all --config configs/eval/miniworld.yaml "
+                                   "model.path=runs/miniworld/model out_dir=runs/eval/miniworld/base")
+    _add_steps(c, {"generate": "images for the held-out prompts into <out_dir>/images/<category>/",
+                   "score": "the oracle's verdict (100 or 0) on every image into <out_dir>/scores/scores.jsonl",
+                   "summarize": "per-category accuracy, overall, CSV/JSON/markdown/chart into <out_dir>/summary/",
+                   "all": "generate, score and summarize in one go"},
+               "srum eval miniworld {step} --config configs/eval/miniworld.yaml out_dir=runs/eval/miniworld/base",
+               cmd_miniworld)
 
     c = sub.add_parser("compare", help="put two or more runs side by side, deltas against the first",
                        description="Example: srum eval compare runs/eval/bagel runs/eval/bagel_srum "

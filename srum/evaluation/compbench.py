@@ -26,10 +26,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from srum import distributed
 from srum.config import to_dict
+from srum.data.prompts import PromptItem
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
 from srum.stages.generate import PromptJobs, SamplingConfig, detailed_prompt
@@ -126,10 +127,24 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
     info = distributed.init()
     work = PromptJobs.read("eval generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
                            cfg.num_images_per_prompt)
+    return generate_prompt_images(cfg, work, info)
+
+
+def generate_prompt_images(cfg, work: PromptJobs, info: distributed.DistInfo, *, name: str = "eval generate",
+                           model: Callable[[], Any] | None = None, model_name: str | None = None,
+                           extra_fields: Callable[[PromptItem], dict] | None = None) -> dict:
+    """Draw ``work`` into ``<cfg.out_dir>/images/<category>/<image id>.png`` with its
+    manifest (the "generate" step of an evaluation run; shared by ``srum eval compbench``
+    and ``srum eval miniworld``). ``cfg``: a config with ``out_dir``, ``model``,
+    ``sampling``, ``seed``, ``batch_size``, ``retry_errors`` and ``num_images_per_prompt``.
+    ``model``: a loader of anything with Bagel's ``generate_image`` (default: ``cfg.model``,
+    loaded at the first batch) and ``model_name`` what rows call it; ``extra_fields(prompt)``:
+    more fields for each row. Returns the stage summary."""
     folders = {p.category: category_folder(p.category) for p in work.prompts}
     layout = RunLayout(Path(cfg.out_dir))
     out = ShardedOutput(layout.images, work.keys, info)
     sampling = to_dict(cfg.sampling)
+    model_name = model_name or str(cfg.model.path)
 
     def row(i: int, drawn: DrawnImage) -> dict:
         prompt, k = work.jobs[i]
@@ -138,11 +153,12 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
             "category": prompt.category, "prompt": prompt.prompt, "original_prompt": prompt.prompt,
             "detailed_prompt": detailed_prompt(drawn.thought), "think_output": drawn.thought,
             "think": cfg.sampling.think, "seed": drawn.seed, "width": drawn.image.width,
-            "height": drawn.image.height, "model": str(cfg.model.path), "sampling": sampling,
+            "height": drawn.image.height, "model": model_name, "sampling": sampling,
+            **(extra_fields(prompt) if extra_fields else {}),
         }
 
     process = image_batch_processor(
-        lazy_model(cfg.model, info), cfg.sampling, work.keys, work.texts(), work.seeds(cfg.seed), row=row,
+        model or lazy_model(cfg.model, info), cfg.sampling, work.keys, work.texts(), work.seeds(cfg.seed), row=row,
         save=png_saver(layout.images, lambda i: f"{folders[work.jobs[i][0].category]}/{work.keys[i]}.png"))
 
     def summarize(rows: list[dict]) -> dict:
@@ -153,7 +169,7 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
         return {"num_prompts": len(work.prompts), "num_images_per_prompt": cfg.num_images_per_prompt,
                 "images_per_category": per_category, "think": cfg.sampling.think}
 
-    return run_items("eval generate", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
+    return run_items(name, out, process, batch_size=cfg.batch_size, info=info, config=cfg,
                      retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors)
 
 

@@ -340,9 +340,11 @@ _COLORS = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 
 
 
 def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str], path: str | os.PathLike,
-              title: str) -> None:
+              title: str, headers: dict[str, str] | None = None) -> None:
     """Grouped bars: one group per column, one bar per series, on a fixed 0-100 axis
-    (missing values drawn as "n/a"). Written atomically as PNG."""
+    (missing values drawn as "n/a"). Written atomically as PNG. ``headers``: column
+    labels (default: the CompBench table's)."""
+    headers = TABLE_HEADERS if headers is None else headers
     from PIL import Image, ImageDraw, ImageFont
 
     def font(size):
@@ -385,7 +387,7 @@ def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str]
             draw.rectangle([x1, y, x1 + bar_w - 2, y0], fill=_COLORS[i % len(_COLORS)])
             if bar_w >= 22:
                 draw.text((x1 + bar_w / 2, y - 2), f"{value:.1f}", fill="black", font=small, anchor="mb")
-        draw.text((gx + (group_w - 16) / 2, y0 + 8), TABLE_HEADERS.get(column, column), fill="black", font=normal,
+        draw.text((gx + (group_w - 16) / 2, y0 + 8), headers.get(column, column), fill="black", font=normal,
                   anchor="ma")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

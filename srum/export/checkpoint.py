@@ -62,7 +62,7 @@ def trained_parameter_names(checkpoint: Path, base_dir: Path) -> tuple[set[str],
     weights = WeightFiles.open(find_weights(base_dir))
     with torch.device("meta"):
         model = Bagel(read_config(base_dir, weights, WeightFiles.open(base_dir / AE_WEIGHTS)))
-    return set(freeze(model, cfg.freeze)), cfg
+    return set(freeze(model, cfg.freeze, cfg.trains_lm_head)), cfg
 
 
 def _shard_plan(keys: list[str], sizes: dict[str, int], max_bytes: int) -> list[list[str]]:

@@ -1,37 +1,44 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Candidate regions for the local judgment: SAM proposals -> cleanup -> self-grounding.
+"""Candidate regions for the local judgment: proposals -> cleanup -> self-grounding.
 
 ``propose_for_image`` chains the three steps for one image; the ``srum propose`` stage
-runs it over a generation manifest. Each step lives in its own module:
-:mod:`.sam` (mask generator), :mod:`.cleanup` (size / duplicate / containment / top-k
-rules), :mod:`.grounding` (the model's own yes/no relevance filter).
+runs it over a generation manifest. Each step lives in its own module: the proposals
+come from SAM (:mod:`.sam`, ``backend: sam``, the paper's choice for Bagel) or from the
+model's own boxes (:mod:`.self_boxes`, ``backend: self``, for models that ground
+objects themselves); then :mod:`.cleanup` (size / duplicate / containment / top-k
+rules) and :mod:`.grounding` (the model's own yes/no relevance filter).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import PIL.Image
 
 from .cleanup import CleanupConfig, clean_regions
 from .grounding import DEFAULT_QUESTION, GroundingConfig, ground_regions, select_kept
 from .sam import SamConfig, build_mask_generator, build_sam, propose_regions, write_tiny_sam
+from .self_boxes import SelfBoxesConfig, propose_self_boxes
 
 __all__ = ["CleanupConfig", "DEFAULT_QUESTION", "GroundingConfig", "ProposalConfig", "SamConfig",
            "build_mask_generator", "build_sam", "clean_regions", "ground_regions",
-           "propose_for_image", "propose_regions", "select_kept", "write_tiny_sam"]
+           "propose_for_image", "propose_regions", "select_kept", "write_tiny_sam", "SelfBoxesConfig"]
 
 @dataclass
 class ProposalConfig:
-    """``proposals:`` section of the ``srum propose`` config."""
+    """``proposals:`` section of the ``srum propose`` config. backend: where proposals come
+    from ("sam": the ``sam`` settings; "self": the model's own boxes, ``self_boxes``)."""
 
+    backend: Literal["sam", "self"] = "sam"
     sam: SamConfig = field(default_factory=SamConfig)
+    self_boxes: SelfBoxesConfig = field(default_factory=SelfBoxesConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
 
 def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model,
                       cfg: ProposalConfig) -> tuple[list[dict], dict]:
-    """SAM -> cleanup -> grounding for one image.
+    """Proposals (SAM, or the model's own boxes) -> cleanup -> grounding for one image.
 
     Returns ``(regions, stats)``. ``regions``: every region that survived cleanup, kept
     ones first, then those the grounding filter rejected, each group largest first;
@@ -39,8 +46,15 @@ def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model
     ``area``, ``predicted_iou``, ``stability_score`` and ``grounding`` (``{"p_relevant",
     "mass", "kept"}``, or ``None`` when the filter is disabled: then all are kept).
     ``stats``: ``{"sam_masks", "cleanup": {...}, "grounding": {...}, "regions", "kept"}``.
-    ``model`` may be None when ``cfg.grounding.enabled`` is false."""
-    proposed = propose_regions(image, mask_generator)
+    ``model`` may be None when ``cfg.grounding.enabled`` is false and the backend is SAM;
+    ``mask_generator`` may be None with the ``self`` backend (its regions have no mask,
+    the stats add the model's raw ``self_boxes_answer``)."""
+    extra = {}
+    if cfg.backend == "self":
+        proposed, answer = propose_self_boxes(model, image, cfg.self_boxes)
+        extra["self_boxes_answer"] = answer
+    else:
+        proposed = propose_regions(image, mask_generator)
     cleaned, cleanup_counts = clean_regions(proposed, image.size, cfg.cleanup)
     grounded, grounding_stats = ground_regions(model, image, prompt, cleaned, cfg.grounding)
 
@@ -55,5 +69,5 @@ def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model
         regions.append({"region_id": region_id, **{k: v for k, v in region.items() if k != "region_id"}})
     kept = sum(is_kept(r) for r in regions)
     stats = {"sam_masks": len(proposed), "cleanup": cleanup_counts, "grounding": grounding_stats,
-             "regions": len(regions), "kept": kept}
+             "regions": len(regions), "kept": kept, **extra}
     return regions, stats

@@ -30,11 +30,13 @@ from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
 class ProposeStageConfig:
     images: str                            # generation manifest (JSONL)
     out_dir: str
-    model: ModelConfig | None = None       # the UMM that grounds regions (needed when grounding is on)
+    model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed
 
     def __post_init__(self):
+        if self.proposals.backend == "self" and self.model is None:
+            raise ValueError("model.path is required with proposals.backend=self (the model writes the boxes)")
         if self.proposals.grounding.enabled and self.model is None:
             raise ValueError("model.path is required while proposals.grounding.enabled is true "
                              "(the model filters its own regions); set proposals.grounding.enabled=false to skip")
@@ -42,8 +44,10 @@ class ProposeStageConfig:
 
 def run_propose(cfg: ProposeStageConfig) -> dict:
     stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl")
-    sam = functools.cache(lambda: build_mask_generator(cfg.proposals.sam, distributed.local_device(stage.info)))
-    model = lazy_model(cfg.model if cfg.proposals.grounding.enabled else None, stage.info)
+    sam = functools.cache(lambda: build_mask_generator(cfg.proposals.sam, distributed.local_device(stage.info))
+                          if cfg.proposals.backend == "sam" else None)
+    uses_model = cfg.proposals.grounding.enabled or cfg.proposals.backend == "self"
+    model = lazy_model(cfg.model if uses_model else None, stage.info)
     out_dir = stage.out.out_dir
 
     def propose_one(item: ImageItem, image) -> dict:

@@ -29,12 +29,14 @@ class ModelConfig:
 class FreezeConfig:
     """Which parts receive no gradient (their parameters stay out of the optimizer).
 
-    vit: the SigLIP tower and its connector; a text-to-image sample never feeds it, so it
-        would get no gradient anyway. vae: must stay true (the autoencoder runs outside
-        the sharded model, frozen). llm: the whole language model (both experts,
-        embeddings, lm_head): only the generation heads (time embedder, vae2llm, llm2vae)
-        train. und_expert: the understanding expert of every layer plus embeddings, final
-        norm and lm_head, i.e. the text path; the generation expert still trains."""
+    vit: the SigLIP tower and its connector; only vqa samples feed it (false: they train
+        it). vae: must stay true (the autoencoder runs outside the sharded model, frozen).
+        llm: the whole language model (both experts, embeddings, lm_head): only the
+        generation heads (time embedder, vae2llm, llm2vae) train. und_expert: the
+        understanding expert of every layer plus embeddings, final norm and lm_head, i.e.
+        the text path; the generation expert still trains. The lm_head trains only when
+        ``data.samples`` is given (vqa/cot cross-entropy) and neither llm nor und_expert
+        is frozen; reward records alone compute no logits."""
 
     vit: bool = True
     vae: bool = True
@@ -49,9 +51,11 @@ class FreezeConfig:
 
 @dataclass
 class DataConfig:
-    """Reward records, image transform, token packing and per-sample randomness.
+    """Reward records and sample rows, image transform, token packing and per-sample randomness.
 
     rewards: reward JSONL file(s) (our srum.reward.v1 schema or the reference format).
+    samples: JSONL file(s) of t2i / vqa / cot rows (see srum.training.samples and TRAIN.md
+        "Data modes"). At least one of rewards / samples must be given; a run may mix them.
     max_image_size / min_image_size / image_stride: the VAE-path resize (Bagel: 1024/512/16).
     expected_num_tokens: a pack is closed once it holds at least this many tokens.
     max_num_tokens: hard cap on one pack (one rank's micro-batch).
@@ -67,7 +71,8 @@ class DataConfig:
     num_workers: threads that read and transform the next packs' images ahead of time.
     """
 
-    rewards: list[str]
+    rewards: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
     max_image_size: int = 1024
     min_image_size: int = 512
     image_stride: int = 16
@@ -82,8 +87,9 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self):
-        if not self.rewards:
-            raise ValueError("data.rewards: give at least one reward JSONL file")
+        if not self.rewards and not self.samples:
+            raise ValueError("no training data: give data.rewards (reward JSONL files) and/or data.samples "
+                             "(t2i/vqa/cot JSONL files)")
         if not 0 < self.expected_num_tokens <= self.max_num_tokens:
             raise ValueError(f"need 0 < data.expected_num_tokens ({self.expected_num_tokens}) "
                              f"<= data.max_num_tokens ({self.max_num_tokens})")
@@ -110,15 +116,23 @@ class RewardsConfig:
 
 @dataclass
 class LossConfig:
-    """lambda_c: weight of the constraint term (None = 0.5 with rewards, 0.0 without).
-    timestep_shift: t' = s*t / (1 + (s-1)*t) applied to t = sigmoid(n) (SRUM: 1.0)."""
+    """lambda_c: weight of the constraint term (None = 0.5 with reward records and rewards
+    enabled, else 0.0); it applies to reward records only.
+    timestep_shift: t' = s*t / (1 + (s-1)*t) applied to t = sigmoid(n) (SRUM: 1.0).
+    mse_weight / ce_weight: total = mse_weight * (flow-matching loss per latent token) +
+    ce_weight * (cross-entropy per text-loss token), each normalised by its own global count."""
 
     lambda_c: float | None = None
     timestep_shift: float = 1.0
+    mse_weight: float = 1.0
+    ce_weight: float = 1.0
 
     def __post_init__(self):
         if self.lambda_c is not None and self.lambda_c < 0:
             raise ValueError(f"loss.lambda_c must be >= 0, got {self.lambda_c}")
+        if self.mse_weight < 0 or self.ce_weight < 0:
+            raise ValueError(f"loss.mse_weight and loss.ce_weight must be >= 0, got {self.mse_weight}, "
+                             f"{self.ce_weight}")
         if self.timestep_shift <= 0:
             raise ValueError(f"loss.timestep_shift must be > 0, got {self.timestep_shift}")
 
@@ -258,7 +272,12 @@ class TrainConfig:
         """The constraint weight in effect (resolves loss.lambda_c = None)."""
         if self.loss.lambda_c is not None:
             return self.loss.lambda_c
-        return 0.5 if self.rewards.enabled else 0.0
+        return 0.5 if self.rewards.enabled and self.data.rewards else 0.0
+
+    @property
+    def trains_lm_head(self) -> bool:
+        """The lm_head is trainable: sample rows may carry cross-entropy and the text path is not frozen."""
+        return bool(self.data.samples) and not (self.freeze.llm or self.freeze.und_expert)
 
 
 def load_train_config(path, overrides=()) -> TrainConfig:

@@ -15,6 +15,12 @@ noised image          ``<|vision_start|>`` h*w latents    noise       n (all tok
 With probability ``text_dropout_prob`` the prompt segment is left out and the image sits
 at position 0, which is what the text-unconditional CFG branch sees at inference.
 
+``t2i`` rows of ``data.samples`` are planned and loaded exactly like reward records with
+unit weights; ``cot`` rows add a system and a plan segment and ``vqa`` rows have no
+generated image (:mod:`.samples`). The dataset's index runs over the reward records
+first (files and lines in order), then the sample rows; the packed layout of any mix
+is in :mod:`.layout`.
+
 Everything random about a sample (text dropout, flow time, noise, the VAE posterior
 draw) comes from a generator seeded by ``(data seed, epoch, sample index)``, so a sample
 gets the same draws whichever rank or micro-batch it lands in, and a resumed run repeats
@@ -27,25 +33,23 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import PIL.Image
 import torch
 
-from ..models.bagel.masks import SegmentPlan, packed_attention_mask
-from ..models.bagel.model import PackedBatch
 from ..models.bagel.tokenizer import SpecialTokens, encode_text
-from ..models.bagel.transforms import ImageTransform, flattened_position_ids, to_rgb
+from ..models.bagel.transforms import ImageTransform, to_rgb
 from ..records import carries_reward, read_records
 from ..rewards.raster import RewardMapConfig, reward_weights
+from .layout import (IMAGE_FRAME_TOKENS, PackedInputs, PackPaths, TextSegment, TrainSample, VitSegment, layout_pack,
+                     to_packed_batch)
 from .packing import DataPosition, Pack, StepPlanner
 
-__all__ = ["SampleInfo", "TrainSample", "RewardDataset", "build_dataset", "PackedInputs", "layout_pack",
-           "to_packed_batch", "StepData", "StepLoader", "sample_seed", "shifted_timestep"]
-
-# one text segment's framing adds bos + eos; one image block adds vision_start + vision_end
-IMAGE_FRAME_TOKENS = 2
+__all__ = ["SampleInfo", "TrainSample", "TextSegment", "VitSegment", "RewardDataset", "TrainDataset",
+           "build_dataset", "PackedInputs", "PackPaths", "layout_pack", "to_packed_batch", "StepData", "StepLoader",
+           "sample_seed", "shifted_timestep", "DatasetReport", "IMAGE_FRAME_TOKENS"]
 
 
 def sample_seed(data_seed: int, epoch: int, index: int) -> int:
@@ -62,38 +66,24 @@ def shifted_timestep(n: torch.Tensor, shift: float) -> torch.Tensor:
 
 @dataclass
 class SampleInfo:
-    """What the packer needs to know about a record without opening its image."""
+    """What the packer needs to know about a sample with a generated image without
+    opening the image: a reward record, a ``t2i`` row or a ``cot`` row (``mode``).
+    ``record`` holds ``image_id``, ``image_path``, ``width``, ``height`` (the file's size),
+    and for reward records everything the reward map needs."""
 
     record: dict
     text_ids: list[int]        # framed prompt: [bos] + ids + [eos]
     size: tuple[int, int]      # (width, height) after the training resize
     grid: tuple[int, int]      # (h, w) latent tokens
+    mode: str = "reward"
+    system_ids: list[int] | None = None   # cot: the framed system prompt
+    plan_ids: list[int] | None = None     # cot: the framed plan (cross-entropy)
 
     @property
     def num_tokens(self) -> int:
         """Upper bound (the prompt counted even when it will be dropped)."""
-        return len(self.text_ids) + self.grid[0] * self.grid[1] + IMAGE_FRAME_TOKENS
-
-
-@dataclass
-class TrainSample:
-    """One loaded sample, everything on the CPU.
-
-    image / reference: [3, H, W] in [-1, 1] (reference None = the constraint image is the
-    sample itself). weights: [h*w] reward weight per latent token, row-major.
-    noise: [h*w, p*p*z] the flow-matching noise eps; timestep: t in (0, 1)."""
-
-    index: int
-    image_id: str
-    image: torch.Tensor
-    reference: torch.Tensor | None
-    text_ids: list[int]
-    grid: tuple[int, int]
-    weights: torch.Tensor
-    reward_stats: dict
-    timestep: float
-    noise: torch.Tensor
-    vae_seed: int
+        extra = len(self.system_ids or ()) + len(self.plan_ids or ())
+        return extra + len(self.text_ids) + self.grid[0] * self.grid[1] + IMAGE_FRAME_TOKENS
 
 
 @dataclass
@@ -108,24 +98,42 @@ class DatasetReport:
     skipped_missing_global: list[str] = field(default_factory=list)
     skipped_oversize: list[str] = field(default_factory=list)
     skipped_duplicate: list[str] = field(default_factory=list)
+    kept_by_mode: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"files": self.files, "records_read": self.records_read, "kept": self.kept,
                 "bad_lines": self.bad_lines, "skipped_missing_global": self.skipped_missing_global,
-                "skipped_oversize": self.skipped_oversize, "skipped_duplicate": self.skipped_duplicate}
+                "skipped_oversize": self.skipped_oversize, "skipped_duplicate": self.skipped_duplicate,
+                "kept_by_mode": self.kept_by_mode}
 
     def summary(self) -> str:
-        return (f"{self.kept} samples from {self.records_read} records in {len(self.files)} file(s); "
+        text = (f"{self.kept} samples from {self.records_read} records in {len(self.files)} file(s); "
                 f"left out: {len(self.bad_lines)} bad line(s), {len(self.skipped_missing_global)} with a failed "
                 f"global judgment, {len(self.skipped_oversize)} over the per-sample token cap, "
                 f"{len(self.skipped_duplicate)} duplicate image id(s)")
+        if set(self.kept_by_mode) - {"reward"}:
+            text += " (kept: " + ", ".join(f"{n} {m}" for m, n in self.kept_by_mode.items()) + ")"
+        return text
+
+    def admit(self, info, where: str, max_num_tokens_per_sample: int, oversize: str) -> bool:
+        """False (reported) when ``info`` is over the per-sample cap and oversize="skip";
+        raises when oversize="error"."""
+        if info.num_tokens <= max_num_tokens_per_sample:
+            return True
+        message = (f"{where} needs {info.num_tokens} tokens, more than "
+                   f"data.max_num_tokens_per_sample={max_num_tokens_per_sample}")
+        if oversize == "error":
+            raise ValueError(message + " (set data.oversize=skip to leave such samples out)")
+        self.skipped_oversize.append(message)
+        return False
 
 
 class RewardDataset:
-    """Indexable reward samples. ``infos[i]`` is cheap metadata; :meth:`load` reads the
+    """Indexable training samples: reward records, then ``data.samples`` rows (t2i, vqa,
+    cot; see :mod:`.samples`). ``infos[i]`` is cheap metadata; :meth:`load` reads the
     image(s) and draws the sample's randomness for an epoch."""
 
-    def __init__(self, infos: list[SampleInfo], special: SpecialTokens, transform: ImageTransform, *,
+    def __init__(self, infos: list, special: SpecialTokens, transform: ImageTransform, *,
                  latent_dim: int, rewards_enabled: bool, map_config: RewardMapConfig,
                  missing_global: str, text_dropout_prob: float, timestep_shift: float, seed: int,
                  resample_noise_each_epoch: bool = True):
@@ -148,6 +156,23 @@ class RewardDataset:
     def lengths(self) -> list[int]:
         return [info.num_tokens for info in self.infos]
 
+    def mode_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for info in self.infos:
+            counts[info.mode] = counts.get(info.mode, 0) + 1
+        return counts
+
+    def pack_paths(self, vit_patch_dim: int) -> PackPaths:
+        """The model paths some sample uses, which every pack must then use (see :mod:`.layout`)."""
+        modes = self.mode_counts()
+        return PackPaths(latent=any(m != "vqa" for m in modes), vit_patch_dim=vit_patch_dim if "vqa" in modes else 0,
+                         text_loss="vqa" in modes or "cot" in modes)
+
+    def generator(self, index: int, epoch: int) -> torch.Generator:
+        """The sample's own random stream: seeded by (data seed, epoch, index)."""
+        return torch.Generator().manual_seed(
+            sample_seed(self.seed, epoch if self.resample_noise_each_epoch else 0, index))
+
     def _read_image(self, path: str, info: SampleInfo, what: str) -> torch.Tensor:
         rec = info.record
         try:
@@ -157,12 +182,15 @@ class RewardDataset:
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: cannot read the {what} of record {rec['image_id']!r}: {err}") from err
         if rgb.size != (rec["width"], rec["height"]):
+            why = "its boxes are in those pixels" if info.mode == "reward" else "the file changed since the start"
             raise ValueError(f"{path}: {what} of record {rec['image_id']!r} is {rgb.size[0]}x{rgb.size[1]} but the "
-                             f"record says {rec['width']}x{rec['height']} (its boxes are in those pixels)")
+                             f"record says {rec['width']}x{rec['height']} ({why})")
         return self.transform(rgb)
 
     def load(self, index: int, epoch: int) -> TrainSample:
         info = self.infos[index]
+        if not isinstance(info, SampleInfo):  # rows without a generated image (vqa) load themselves
+            return info.load(self, index, epoch)
         rec = info.record
         image = self._read_image(rec["image_path"], info, "image")
         reference = None
@@ -172,23 +200,30 @@ class RewardDataset:
         if tuple(image.shape[1:]) != (info.size[1], info.size[0]):
             raise AssertionError(f"{rec['image_path']}: transform gave {tuple(image.shape[1:])}, planned {info.size}")
         h, w = info.grid
-        if self.rewards_enabled:
+        if self.rewards_enabled and info.mode == "reward":
             weights, stats = reward_weights(rec, (h, w), self.map_config, missing_global=self.missing_global)
             weights = weights.reshape(-1)
         else:
             weights, stats = torch.ones(h * w), {}
 
-        gen = torch.Generator().manual_seed(
-            sample_seed(self.seed, epoch if self.resample_noise_each_epoch else 0, index))
+        gen = self.generator(index, epoch)
         drop_text = bool(torch.rand((), generator=gen) < self.text_dropout_prob)
         n = torch.randn((), generator=gen)
         noise = torch.randn((h * w, self.latent_dim), generator=gen)
         vae_seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
+        context = None
+        if info.mode == "cot":  # CFG dropout leaves the system prompt, as think-mode inference's uncond branch
+            context = [TextSegment(list(info.system_ids))]
+            if not drop_text:
+                context += [TextSegment(list(info.text_ids)), TextSegment(list(info.plan_ids), loss=True)]
         return TrainSample(
             index=index, image_id=rec["image_id"], image=image, reference=reference,
             text_ids=[] if drop_text else list(info.text_ids), grid=(h, w), weights=weights.float(),
             reward_stats=stats, timestep=float(shifted_timestep(n, self.timestep_shift)), noise=noise,
-            vae_seed=vae_seed)
+            vae_seed=vae_seed, mode=info.mode, context=context, text_dropped=drop_text)
+
+
+TrainDataset = RewardDataset  # the same class: every kind of training sample
 
 
 def _check_image_header(path: str, rec: dict, what: str) -> None:
@@ -208,9 +243,15 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
                   image_stride: int, latent_downsample: int, max_latent_size: int, latent_dim: int,
                   max_num_tokens_per_sample: int, oversize: str, rewards_enabled: bool,
                   map_config: RewardMapConfig, missing_global: str, text_dropout_prob: float,
-                  timestep_shift: float, seed: int, resample_noise_each_epoch: bool = True
+                  timestep_shift: float, seed: int, resample_noise_each_epoch: bool = True,
+                  extra_files: list[str] = (), extra_rows: Callable | None = None
                   ) -> tuple[RewardDataset, DatasetReport]:
     """Read every reward file and plan every sample (sizes, grids, token counts).
+
+    ``extra_rows(infos, report, seen, plan)`` appends further samples after the reward
+    records (``data.samples``, see :func:`.samples.build_training_dataset`); ``seen`` maps
+    ids already taken to their file; ``plan(width, height, where)`` is the training resize
+    -> ((width', height'), latent grid). ``extra_files`` are listed in the report.
 
     Records are left out only for reasons the returned report lists: unreadable lines,
     a failed global judgment when ``missing_global="skip"`` (and the global reward is
@@ -223,8 +264,18 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
         raise ValueError(f"data.image_stride={image_stride} must be a multiple of the latent token size "
                          f"{latent_downsample} px")
     transform = ImageTransform(max_image_size, min_image_size, image_stride)
-    report = DatasetReport(files=[os.fspath(f) for f in files])
-    infos: list[SampleInfo] = []
+    report = DatasetReport(files=[os.fspath(f) for f in (*files, *extra_files)])
+    infos: list = []
+
+    def plan(width: int, height: int, where: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        width, height = transform.resize.target_size(width, height)
+        grid = (height // latent_downsample, width // latent_downsample)
+        if max(grid) > max_latent_size:
+            raise ValueError(f"{where}: the training size {width}x{height} needs a "
+                             f"{grid[0]}x{grid[1]} latent grid, beyond the model's {max_latent_size} per side; "
+                             "lower data.max_image_size")
+        return (width, height), grid
+
     seen: dict[str, str] = {}
     need_global = rewards_enabled and map_config.use_global and missing_global == "skip"
     for path in files:
@@ -245,22 +296,15 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
             _check_image_header(rec["image_path"], rec, "image")
             if rec.get("reference_image_path"):
                 _check_image_header(rec["reference_image_path"], rec, "reference image")
-            width, height = transform.resize.target_size(rec["width"], rec["height"])
-            grid = (height // latent_downsample, width // latent_downsample)
-            if max(grid) > max_latent_size:
-                raise ValueError(f"{path}: record {image_id!r}: the training size {width}x{height} needs a "
-                                 f"{grid[0]}x{grid[1]} latent grid, beyond the model's {max_latent_size} per side; "
-                                 "lower data.max_image_size")
-            info = SampleInfo(rec, encode_text(tokenizer, special, rec["prompt"]), (width, height), grid)
-            if info.num_tokens > max_num_tokens_per_sample:
-                message = (f"{path}: record {image_id!r} needs {info.num_tokens} tokens, more than "
-                           f"data.max_num_tokens_per_sample={max_num_tokens_per_sample}")
-                if oversize == "error":
-                    raise ValueError(message + " (set data.oversize=skip to leave such samples out)")
-                report.skipped_oversize.append(message)
-                continue
-            infos.append(info)
+            size, grid = plan(rec["width"], rec["height"], f"{path}: record {image_id!r}")
+            info = SampleInfo(rec, encode_text(tokenizer, special, rec["prompt"]), size, grid)
+            if report.admit(info, f"{path}: record {image_id!r}", max_num_tokens_per_sample, oversize):
+                infos.append(info)
+    if extra_rows is not None:
+        extra_rows(infos, report, seen, plan)
     report.kept = len(infos)
+    for info in infos:
+        report.kept_by_mode[info.mode] = report.kept_by_mode.get(info.mode, 0) + 1
     if not infos:
         raise ValueError(f"no usable training samples: {report.summary()}"
                          + (f"; first problem: {report.bad_lines[0]}" if report.bad_lines else ""))
@@ -276,87 +320,6 @@ def write_report(report: DatasetReport, path: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(report.to_dict(), f, indent=1)
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- packed sequence
-
-@dataclass
-class PackedInputs:
-    """One micro-batch laid out as a packed sequence, all but the latents (CPU tensors).
-
-    S = sequence_length tokens, Ng latent tokens, D = p*p*z numbers per latent token.
-    ``samples`` are in sequence order; their latent tokens are consecutive in that order."""
-
-    sequence_length: int
-    split_lens: list[list[int]]
-    attn_modes: list[list[str]]
-    position_ids: torch.Tensor          # [S]
-    text_ids: torch.Tensor              # [Nt]
-    text_index: torch.Tensor            # [Nt]
-    latent_index: torch.Tensor          # [Ng]
-    latent_position_ids: torch.Tensor   # [Ng]
-    latent_timesteps: torch.Tensor      # [Ng]
-    noise: torch.Tensor                 # [Ng, D]
-    weights: torch.Tensor               # [Ng]
-    samples: list[TrainSample]
-
-    @property
-    def num_latent_tokens(self) -> int:
-        return int(self.latent_index.numel())
-
-
-def layout_pack(samples: list[TrainSample], special: SpecialTokens, latent_downsample: int,
-                max_latent_size: int) -> PackedInputs:
-    """Lay the samples of one pack out one after another (see the module docstring)."""
-    if not samples:
-        raise ValueError("layout_pack: empty pack")
-    split_lens, attn_modes, positions = [], [], []
-    text_ids, text_index, latent_index, latent_pos, timesteps = [], [], [], [], []
-    curr = 0
-    for s in samples:
-        lens, modes, rope = [], [], 0
-        if s.text_ids:
-            n = len(s.text_ids)
-            text_ids += s.text_ids
-            text_index += range(curr, curr + n)
-            positions += range(n)
-            lens.append(n)
-            modes.append("causal")
-            curr, rope = curr + n, n
-        h, w = s.grid
-        block = h * w + IMAGE_FRAME_TOKENS
-        text_ids += [special.vision_start, special.vision_end]
-        text_index += [curr, curr + block - 1]
-        latent_index += range(curr + 1, curr + block - 1)
-        positions += [rope] * block
-        lens.append(block)
-        modes.append("noise")
-        curr += block
-        latent_pos.append(flattened_position_ids(h * latent_downsample, w * latent_downsample, latent_downsample,
-                                                 max_latent_size))
-        timesteps.append(torch.full((h * w,), s.timestep))
-        split_lens.append(lens)
-        attn_modes.append(modes)
-    return PackedInputs(
-        sequence_length=curr, split_lens=split_lens, attn_modes=attn_modes,
-        position_ids=torch.tensor(positions, dtype=torch.long),
-        text_ids=torch.tensor(text_ids, dtype=torch.long), text_index=torch.tensor(text_index, dtype=torch.long),
-        latent_index=torch.tensor(latent_index, dtype=torch.long), latent_position_ids=torch.cat(latent_pos),
-        latent_timesteps=torch.cat(timesteps), noise=torch.cat([s.noise for s in samples]),
-        weights=torch.cat([s.weights for s in samples]), samples=list(samples))
-
-
-def to_packed_batch(inputs: PackedInputs, latent_tokens: torch.Tensor, device: torch.device) -> PackedBatch:
-    """The model input: ``latent_tokens`` [Ng, D] are the noised latents x_t."""
-    if latent_tokens.shape[0] != inputs.num_latent_tokens:
-        raise ValueError(f"{latent_tokens.shape[0]} latent tokens for a layout of {inputs.num_latent_tokens}")
-    return PackedBatch(
-        sequence_length=inputs.sequence_length, position_ids=inputs.position_ids.to(device),
-        attention_mask=packed_attention_mask(inputs.split_lens, inputs.attn_modes, device=device),
-        attention_segments=SegmentPlan.from_splits(inputs.split_lens, inputs.attn_modes, device=device),
-        text_ids=inputs.text_ids.to(device), text_index=inputs.text_index.to(device),
-        latent_tokens=latent_tokens.to(device), latent_timesteps=inputs.latent_timesteps.to(device),
-        latent_position_ids=inputs.latent_position_ids.to(device), latent_index=inputs.latent_index.to(device))
 
 
 # --------------------------------------------------------------------------- loading ahead

@@ -12,7 +12,13 @@ Positive weight pulls the velocity towards the sample's target ("preserve"); neg
 weight pushes it away ("repel"); the constraint term keeps the model near the data.
 
 Plain flow matching (the SFT baseline) is the special case ``w_n = 1`` and
-``lambda_c = 0``.
+``lambda_c = 0``. Tokens of plain samples (t2i, cot rows) in a run that mixes them with
+reward records have ``w_n = 1`` and take no part in the constraint term
+(``constraint_weight`` 0), so they are plain flow matching whatever ``lambda_c`` is.
+
+Text samples (vqa answers, cot plans) add a cross-entropy term normalised the same way
+by the number of cross-entropy tokens on all ranks (:func:`text_ce_sum`); the trainer
+weighs the two with ``loss.mse_weight`` and ``loss.ce_weight``.
 
 Normalisation: each rank computes *sums* over its own tokens (:func:`flow_matching_terms`),
 the trainer all-reduces the token count, and :func:`srum_loss` divides by that global count
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["flow_matching_terms", "srum_loss"]
+__all__ = ["flow_matching_terms", "srum_loss", "text_ce_sum"]
 
 
 def _per_token_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -34,7 +40,8 @@ def _per_token_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
-                        x0_gt: torch.Tensor | None, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        x0_gt: torch.Tensor | None, weight: torch.Tensor,
+                        constraint_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reward-weighted and constraint flow-matching terms of one rank, as SUMS over tokens.
 
     Args:
@@ -43,6 +50,8 @@ def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
         x0: [N, D] clean latent of the rewarded sample (target of the reward term).
         x0_gt: [N, D] clean latent of the constraint image; None = the same as ``x0``.
         weight: [N] per-token reward weight ``alpha * R`` (any sign).
+        constraint_weight: [N] per-token weight of the constraint term (1 reward records,
+            0 plain samples and padding); None = 1 for every token.
 
     Returns:
         (reward_sum, constraint_sum), float32 scalars:
@@ -57,10 +66,26 @@ def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
             raise ValueError(f"{name} shape {tuple(tensor.shape)} != velocity shape {tuple(velocity.shape)}")
     if weight.shape != velocity.shape[:1]:
         raise ValueError(f"weight must be [N] = [{velocity.shape[0]}], got shape {tuple(weight.shape)}")
+    if constraint_weight is not None and constraint_weight.shape != velocity.shape[:1]:
+        raise ValueError(f"constraint_weight must be [N] = [{velocity.shape[0]}], got shape "
+                         f"{tuple(constraint_weight.shape)}")
     mse_sample = _per_token_mse(velocity, noise - x0)
     reward_sum = (weight.float() * mse_sample).sum()
     mse_gt = mse_sample if x0_gt is None else _per_token_mse(velocity, noise - x0_gt)
+    if constraint_weight is not None:
+        return reward_sum, (constraint_weight.float() * mse_gt).sum()
     return reward_sum, mse_gt.sum()
+
+
+def text_ce_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of next-token ``logits`` [N, vocab] against ``labels`` [N], summed with
+    per-token ``weight`` [N] (1 real, 0 padding), in float32. A SUM: the trainer divides
+    by the number of cross-entropy tokens on all ranks."""
+    if logits.ndim != 2 or labels.shape != logits.shape[:1] or weight.shape != labels.shape:
+        raise ValueError(f"need logits [N, V], labels [N], weight [N]; got {tuple(logits.shape)}, "
+                         f"{tuple(labels.shape)}, {tuple(weight.shape)}")
+    ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return (weight.float() * ce).sum()
 
 
 def srum_loss(reward_sum: torch.Tensor, constraint_sum: torch.Tensor, lambda_c: float,

@@ -115,7 +115,7 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
         parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()
-                 if k in ("loss", "reward_term", "constraint_term", "grad_norm", "lr", "tokens_per_s", "mfu",
+                 if k in ("loss", "reward_term", "constraint_term", "ce", "grad_norm", "lr", "tokens_per_s", "mfu",
                           "weight_mean", "skipped_steps")]
         log.info("step %d: %s", step, ", ".join(parts))
 

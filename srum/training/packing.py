@@ -120,7 +120,7 @@ class PackStream:
         (the dataset changed size since the position was saved)."""
         if position.offset > len(self.lengths):
             raise ValueError(f"data position {position.to_dict()} is beyond the dataset's {len(self.lengths)} "
-                             "samples: did the reward files change since the checkpoint?")
+                             "samples: did the data files (data.rewards, data.samples) change since the checkpoint?")
         if position.offset == len(self.lengths):
             return DataPosition(position.epoch + 1, 0)
         return position

@@ -5,8 +5,8 @@ activation checkpointing, FSDP2 and shard-wise weight loading.
 Loading without a full copy per rank
 ------------------------------------
 The model is built on the meta device, frozen parts are marked, every decoder layer
-(and the unused ViT/connector/lm_head, so they are never gathered) becomes its own
-``fully_shard`` unit, and only then is storage allocated (``to_empty``): each rank owns
+(and the ViT, connector and lm_head, so text-to-image training never gathers them)
+becomes its own ``fully_shard`` unit, and only then is storage allocated (``to_empty``): each rank owns
 just its shards. Weights are then copied in one tensor at a time: every rank
 memory-maps the safetensors file (the page cache is shared by the ranks of a node),
 reads one full tensor, and keeps its own slice with
@@ -50,8 +50,8 @@ __all__ = ["init_process_group", "build_mesh", "compute_dtype", "freeze", "enabl
 GEN_HEADS = ("time_embedder.", "vae2llm.", "llm2vae.")
 VIT_PARTS = ("vit_model.", "connector.")
 LLM_PREFIX = "language_model."
-# text-to-image training computes no logits, so the lm_head can never receive a gradient
-NEVER_TRAINED = ("language_model.lm_head.",)
+# trained only with cross-entropy samples (data.samples); reward records compute no logits
+LM_HEAD = ("language_model.lm_head.",)
 
 
 def init_process_group() -> DistInfo:
@@ -95,12 +95,13 @@ def _is_und_expert(name: str) -> bool:
     return not any(part.endswith("_moe_gen") for part in name.split(".")[:-1])
 
 
-def freeze(model: Bagel, cfg: FreezeConfig) -> list[str]:
-    """Set ``requires_grad`` from the freeze switches (the lm_head is always frozen:
-    no logits are computed); returns the trainable names."""
+def freeze(model: Bagel, cfg: FreezeConfig, train_lm_head: bool = False) -> list[str]:
+    """Set ``requires_grad`` from the freeze switches; returns the trainable names. The
+    lm_head trains only with ``train_lm_head`` (cross-entropy samples; see
+    ``TrainConfig.trains_lm_head``) and when neither llm nor und_expert is frozen."""
     trainable = []
     for name, param in model.named_parameters():
-        frozen = (name.startswith(NEVER_TRAINED)
+        frozen = ((name.startswith(LM_HEAD) and not train_lm_head)
                   or (cfg.vit and name.startswith(VIT_PARTS))
                   or (cfg.llm and name.startswith(LLM_PREFIX))
                   or (cfg.und_expert and _is_und_expert(name)))
@@ -135,7 +136,8 @@ def enable_activation_checkpointing(model: Bagel) -> int:
 def shard(model: Bagel, mesh: DeviceMesh, dtype: torch.dtype, reshard_after_forward: bool = True) -> Bagel:
     """FSDP2 units: each decoder layer, the ViT, the connector, the lm_head (the last
     three are not used by text-to-image training, so as units of their own they are
-    never gathered), then the root (embeddings, norms, generation heads).
+    never gathered there; with vqa/cot samples every micro-batch uses them, see
+    :mod:`.layout`), then the root (embeddings, norms, generation heads).
 
     Mixed precision keeps fp32 master shards and reduces gradients in fp32; forward
     inputs are not cast (flow times stay fp32 until the time embedder)."""
@@ -204,7 +206,8 @@ def _load_vae(config: BagelConfig, ae: WeightFiles, device: torch.device, dtype:
 
 
 def build_training_model(model_path: str, weights: str, freeze_cfg: FreezeConfig, parallel_cfg: ParallelConfig,
-                         info: DistInfo, device: torch.device, load_weights: bool = True) -> TrainingModel:
+                         info: DistInfo, device: torch.device, load_weights: bool = True,
+                         train_lm_head: bool = False) -> TrainingModel:
     """Meta-device build -> freeze -> checkpointing -> shard -> materialise -> load.
 
     ``load_weights=False`` leaves the parameters uninitialised (a resume fills them
@@ -224,7 +227,7 @@ def build_training_model(model_path: str, weights: str, freeze_cfg: FreezeConfig
     with torch.device("meta"):
         model = Bagel(config)
     del model.vae  # encoded outside the sharded model, see the module docstring
-    trainable = freeze(model, freeze_cfg)
+    trainable = freeze(model, freeze_cfg, train_lm_head)
     if parallel_cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     if parallel_cfg.compile:  # after checkpointing, before sharding (FSDP2's order)

@@ -5,15 +5,16 @@ The recipe, step by step (:func:`train`):
 
 1. start the process group, build the sharded model (frozen parts marked, weights
    loaded shard-wise) and the frozen VAE;
-2. read the reward records, plan every sample's tokens, pack them into the global
-   deterministic stream (see :mod:`.packing`);
+2. read the reward records and sample rows (t2i, vqa, cot: :mod:`.samples`), plan every
+   sample's tokens, pack them into the global deterministic stream (see :mod:`.packing`);
 3. resume from the newest checkpoint when there is one (model, optimizer, EMA, step,
    data position);
 4. every step: for each of this rank's packs, encode the images with the VAE, noise
    them (x_t = (1 - t) x0 + t eps), run the model, and backpropagate the SRUM loss
-   normalised by the latent-token count of the whole step on all ranks; then clip,
-   step AdamW, update the EMA; a non-finite loss or gradient on any rank skips the step
-   on every rank;
+   normalised by the latent-token count of the whole step on all ranks, plus the text
+   cross-entropy (vqa answers, cot plans) normalised by the step's cross-entropy token
+   count; then clip, step AdamW, update the EMA; a non-finite loss or gradient on any
+   rank skips the step on every rank;
 5. log, checkpoint every N steps and at the end.
 """
 from __future__ import annotations
@@ -36,13 +37,14 @@ from ..config import to_dict
 from ..distributed import DistInfo, local_device
 from .checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint, remove_stale, save_checkpoint
 from .config import OptimConfig, TrainConfig
-from .data import (PackedInputs, StepData, StepLoader, TrainSample, build_dataset, layout_pack, to_packed_batch,
-                   write_report)
+from .data import StepData, StepLoader, TrainSample, write_report
 from .ema import EMA
-from .loss import flow_matching_terms, srum_loss
+from .layout import PackedInputs, PackPaths, layout_pack, to_packed_batch
+from .loss import flow_matching_terms, srum_loss, text_ce_sum
 from .metrics import MetricsLogger, peak_flops, peak_memory_gib, step_flops
 from .packing import DataPosition, PackingConfig, PackStream, StepPlanner
 from .parallel import TrainingModel, build_training_model, init_process_group
+from .samples import build_training_dataset
 
 log = logging.getLogger("srum.train")
 
@@ -75,7 +77,11 @@ def encode_latents(tm: TrainingModel, samples: list[TrainSample], device: torch.
     itself), float32. Images of the same size are encoded together, at most ``max_batch``
     per VAE call (the encoder's activations at 1024 px are large); the posterior draw of
     each image still uses the sample's own seed, so the result does not depend on the
-    grouping. A constraint image shares its sample's seed."""
+    grouping. A constraint image shares its sample's seed. Samples without a generated
+    image (vqa) contribute nothing."""
+    samples = [s for s in samples if s.image is not None]
+    if not samples:
+        return torch.zeros(0, tm.config.patch_latent_dim, device=device), None
     # one job per image to encode: (sample index, which image, the image)
     jobs = [(i, "image", s.image) for i, s in enumerate(samples)]
     jobs += [(i, "reference", s.reference) for i, s in enumerate(samples) if s.reference is not None]
@@ -102,7 +108,7 @@ def encode_latents(tm: TrainingModel, samples: list[TrainSample], device: torch.
 # per-step sums all-reduced across ranks (one collective)
 _SUM_KEYS = ("reward_sum", "constraint_sum", "mse_sum", "weight_sum", "weight_neg", "latent_tokens",
              "seq_tokens", "attended_pairs", "samples", "text_dropped", "alpha_sum", "rewarded_samples",
-             "global_missing", "regions_used")
+             "global_missing", "regions_used", "ce_sum", "ce_tokens", "samples_t2i", "samples_vqa", "samples_cot")
 
 
 @dataclass
@@ -112,9 +118,12 @@ class StepResult:
 
 
 def _reward_counts(samples: list[TrainSample]) -> dict:
-    out = {"alpha_sum": 0.0, "rewarded_samples": 0, "global_missing": 0, "regions_used": 0, "text_dropped": 0}
+    out = {"alpha_sum": 0.0, "rewarded_samples": 0, "global_missing": 0, "regions_used": 0, "text_dropped": 0,
+           "samples_t2i": 0, "samples_vqa": 0, "samples_cot": 0}
     for s in samples:
-        out["text_dropped"] += int(not s.text_ids)
+        out["text_dropped"] += int(s.dropped)
+        if s.mode != "reward":
+            out[f"samples_{s.mode}"] += 1
         if s.reward_stats:
             out["rewarded_samples"] += 1
             out["alpha_sum"] += s.reward_stats["alpha"]
@@ -123,59 +132,104 @@ def _reward_counts(samples: list[TrainSample]) -> dict:
     return out
 
 
+def _noised_latents(tm: TrainingModel, inputs: PackedInputs, cfg: TrainConfig, device: torch.device):
+    """(x0, x0_gt or None, eps, x_t) for every latent token of the pack (the dummy's are 0)."""
+    x0, x0_gt = encode_latents(tm, inputs.samples, device, cfg.data.vae_sample, max_batch=cfg.parallel.vae_batch_size)
+    if inputs.dummy_latent_tokens:
+        pad = torch.zeros(inputs.dummy_latent_tokens, x0.shape[1], device=device, dtype=x0.dtype)
+        x0 = torch.cat([x0, pad])
+        x0_gt = torch.cat([x0_gt, pad]) if x0_gt is not None else None
+    t = inputs.latent_timesteps.to(device)[:, None]
+    eps = inputs.noise.to(device)
+    return x0, x0_gt, eps, (1 - t) * x0 + t * eps
+
+
 def train_step(tm: TrainingModel, optimizer: torch.optim.Optimizer, ema: EMA | None, data: StepData,
-               cfg: TrainConfig, step: int, device: torch.device, lambda_c: float) -> StepResult:
+               cfg: TrainConfig, step: int, device: torch.device, lambda_c: float,
+               paths: PackPaths | None = None) -> StepResult:
     """Forward/backward over this rank's packs, then one (or a skipped) optimizer step.
 
-    ``step`` is the 0-based index of this step. The loss of every micro-batch is divided
-    by the latent-token count of the whole step on all ranks, so the accumulated,
-    rank-averaged gradient is that of the global per-token mean."""
+    ``step`` is the 0-based index of this step. The flow-matching loss of every
+    micro-batch is divided by the latent-token count of the whole step on all ranks, the
+    cross-entropy by the step's cross-entropy token count on all ranks, so the
+    accumulated, rank-averaged gradient is that of the global per-token means.
+    ``paths``: the model paths every pack must use (``RewardDataset.pack_paths``; None =
+    none required, right for reward records alone)."""
     model = tm.model
     world = dist.get_world_size()
     layouts: list[PackedInputs] = [
-        layout_pack(samples, tm.special_tokens, tm.config.latent_downsample, tm.config.max_latent_size)
+        layout_pack(samples, tm.special_tokens, tm.config.latent_downsample, tm.config.max_latent_size, paths)
         for samples in data.samples]
-    global_tokens = torch.tensor(float(sum(x.num_latent_tokens for x in layouts)), device=device, dtype=torch.float64)
-    dist.all_reduce(global_tokens)
+    counts = torch.tensor([float(sum(x.num_latent_tokens for x in layouts)),
+                           float(sum(x.num_ce_tokens for x in layouts))], device=device, dtype=torch.float64)
+    dist.all_reduce(counts)
+    global_tokens, global_ce = counts[0], float(counts[1])
+    mse_weight, ce_weight = cfg.loss.mse_weight, cfg.loss.ce_weight
 
     sums = dict.fromkeys(_SUM_KEYS, 0.0)
     w_min, w_max = math.inf, -math.inf
     for inputs in layouts:
-        x0, x0_gt = encode_latents(tm, inputs.samples, device, cfg.data.vae_sample,
-                                   max_batch=cfg.parallel.vae_batch_size)
-        t = inputs.latent_timesteps.to(device)[:, None]
-        eps = inputs.noise.to(device)
-        x_t = (1 - t) * x0 + t * eps
+        has_latent = inputs.latent_index.numel() > 0
+        x_t = None
+        if has_latent:
+            x0, x0_gt, eps, x_t = _noised_latents(tm, inputs, cfg, device)
         batch = to_packed_batch(inputs, x_t, device)
-        velocity = model(batch)["velocity"]
-        weights = inputs.weights.to(device)
-        reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights)
-        loss = srum_loss(reward_sum, constraint_sum, lambda_c, global_tokens, world)["loss"]
+        out = model(batch)
+        loss = None
+        n_real = inputs.num_latent_tokens
+        if has_latent:
+            velocity = out["velocity"]
+            weights = inputs.weights.to(device)
+            constraint_w = inputs.constraint_weights.to(device) if inputs.constraint_weights is not None else None
+            reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights, constraint_w)
+            # a step with only padding latents (every pack text-only) still backpropagates its zeros
+            denominator = global_tokens if float(global_tokens) > 0 else 1
+            loss = srum_loss(reward_sum, constraint_sum, lambda_c, denominator, world)["loss"]
+            if mse_weight != 1.0:
+                loss = loss * mse_weight
+        ce_sum = None
+        if inputs.labels is not None:
+            ce_sum = text_ce_sum(out["logits"], inputs.labels.to(device), inputs.label_weights.to(device))
+            ce_loss = ce_sum * (ce_weight * world / max(global_ce, 1.0))
+            loss = ce_loss if loss is None else loss + ce_loss
+        if loss is None:
+            raise AssertionError("a pack with neither latent nor cross-entropy tokens")
         inject_nan = step + 1 in cfg.debug.nonfinite_steps  # debug: 1-based step numbers, as logged
         if inject_nan:
             loss = loss * float("nan")
+        if not loss.requires_grad:
+            raise ValueError("no trainable parameter receives this step's loss (e.g. vqa samples with the text path "
+                             "and the ViT frozen): check the freeze section")
         loss.backward()
         with torch.no_grad():
-            sums["reward_sum"] += float(reward_sum)
-            sums["constraint_sum"] += float(constraint_sum)
-            sums["mse_sum"] += float((velocity.float() - (eps - x0)).pow(2).mean(-1).sum())
+            if has_latent:
+                sums["reward_sum"] += float(reward_sum)
+                sums["constraint_sum"] += float(constraint_sum)
+            if n_real:
+                real_w = weights[:n_real] if inputs.dummy_latent_tokens else weights
+                real_err = (velocity.float() - (eps - x0))[:n_real] if inputs.dummy_latent_tokens \
+                    else velocity.float() - (eps - x0)
+                sums["mse_sum"] += float(real_err.pow(2).mean(-1).sum())
+                sums["weight_sum"] += float(real_w.sum())
+                sums["weight_neg"] += float((real_w < 0).sum())
+                w_min, w_max = min(w_min, float(real_w.min())), max(w_max, float(real_w.max()))
+            if ce_sum is not None:
+                sums["ce_sum"] += float(ce_sum)
+                sums["ce_tokens"] += inputs.num_ce_tokens
             if inject_nan:
-                sums["reward_sum"] = float("nan")
-            sums["weight_sum"] += float(weights.sum())
-            sums["weight_neg"] += float((weights < 0).sum())
-            sums["latent_tokens"] += inputs.num_latent_tokens
+                sums["reward_sum"] = sums["ce_sum"] = float("nan")
+            sums["latent_tokens"] += n_real
             sums["seq_tokens"] += inputs.sequence_length
             sums["attended_pairs"] += float(batch.attention_mask.sum())
             sums["samples"] += len(inputs.samples)
             for k, v in _reward_counts(inputs.samples).items():
                 sums[k] += v
-            w_min, w_max = min(w_min, float(weights.min())), max(w_max, float(weights.max()))
-        del batch, velocity, loss
+        del batch, out, loss
 
     totals = torch.tensor([sums[k] for k in _SUM_KEYS], device=device, dtype=torch.float64)
     dist.all_reduce(totals)
     totals = dict(zip(_SUM_KEYS, totals.tolist()))
-    local_bad = not all(math.isfinite(sums[k]) for k in ("reward_sum", "constraint_sum", "mse_sum"))
+    local_bad = not all(math.isfinite(sums[k]) for k in ("reward_sum", "constraint_sum", "mse_sum", "ce_sum"))
     extremes = torch.tensor([-w_min, w_max, float(local_bad)], device=device, dtype=torch.float64)
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
 
@@ -192,23 +246,38 @@ def train_step(tm: TrainingModel, optimizer: torch.optim.Optimizer, ema: EMA | N
     if ema is not None and not skipped:
         ema.update()
 
-    n = totals["latent_tokens"]
-    metrics = {
-        "loss": (totals["reward_sum"] + lambda_c * totals["constraint_sum"]) / n,
-        "reward_term": totals["reward_sum"] / n,
-        "constraint_term": totals["constraint_sum"] / n,
-        "mse": totals["mse_sum"] / n,
-        "grad_norm": grad_norm,
-        "weight_mean": totals["weight_sum"] / n,
-        "weight_min": -float(extremes[0]),
-        "weight_max": float(extremes[1]),
-        "weight_neg_frac": totals["weight_neg"] / n,
+    n, c = totals["latent_tokens"], totals["ce_tokens"]
+    loss_value = (totals["reward_sum"] + lambda_c * totals["constraint_sum"]) / n if n else 0.0
+    if mse_weight != 1.0:
+        loss_value *= mse_weight
+    if c:
+        loss_value += ce_weight * totals["ce_sum"] / c
+    metrics = {"loss": loss_value}
+    if n:
+        metrics.update({
+            "reward_term": totals["reward_sum"] / n,
+            "constraint_term": totals["constraint_sum"] / n,
+            "mse": totals["mse_sum"] / n,
+        })
+    metrics["grad_norm"] = grad_norm
+    if n:
+        metrics.update({
+            "weight_mean": totals["weight_sum"] / n,
+            "weight_min": -float(extremes[0]),
+            "weight_max": float(extremes[1]),
+            "weight_neg_frac": totals["weight_neg"] / n,
+        })
+    metrics.update({
         "latent_tokens": int(n),
         "seq_tokens": int(totals["seq_tokens"]),
         "attended_pairs": totals["attended_pairs"],
         "samples": int(totals["samples"]),
         "text_dropped": int(totals["text_dropped"]),
-    }
+    })
+    if cfg.data.samples:
+        metrics.update({k: int(totals[k]) for k in ("samples_t2i", "samples_vqa", "samples_cot", "ce_tokens")})
+        if c:
+            metrics["ce"] = totals["ce_sum"] / c
     if totals["rewarded_samples"]:
         metrics["alpha_mean"] = totals["alpha_sum"] / totals["rewarded_samples"]
         metrics["global_missing"] = int(totals["global_missing"])
@@ -269,7 +338,7 @@ def train(cfg: TrainConfig) -> dict:
     resume_path = _resume_target(cfg, ckpt_root)
 
     tm = build_training_model(cfg.model.path, cfg.model.weights, cfg.freeze, cfg.parallel, info, device,
-                              load_weights=resume_path is None)
+                              load_weights=resume_path is None, train_lm_head=cfg.trains_lm_head)
     model = tm.model
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -280,8 +349,9 @@ def train(cfg: TrainConfig) -> dict:
         log.info("compiled %d decoder layers (%s); the first steps include the compile time",
                  tm.config.llm.num_hidden_layers, cfg.parallel.compile_backend)
 
-    dataset, report = build_dataset(
-        cfg.data.rewards, tm.tokenizer, tm.special_tokens, max_image_size=cfg.data.max_image_size,
+    dataset, report = build_training_dataset(
+        cfg.data.rewards, cfg.data.samples, tm.tokenizer, tm.special_tokens, tm.config,
+        max_image_size=cfg.data.max_image_size,
         min_image_size=cfg.data.min_image_size, image_stride=cfg.data.image_stride,
         latent_downsample=tm.config.latent_downsample, max_latent_size=tm.config.max_latent_size,
         latent_dim=tm.config.patch_latent_dim, max_num_tokens_per_sample=cfg.data.max_num_tokens_per_sample,
@@ -297,6 +367,7 @@ def train(cfg: TrainConfig) -> dict:
     stream = PackStream(dataset.lengths, PackingConfig(cfg.data.expected_num_tokens, cfg.data.max_num_tokens,
                                                        cfg.data.max_num_tokens_per_sample), seed=cfg.data.seed)
     planner = StepPlanner(stream, world, info.rank, cfg.train.grad_accum)
+    paths = dataset.pack_paths(3 * tm.config.vit.patch_size ** 2)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -345,7 +416,7 @@ def train(cfg: TrainConfig) -> dict:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
-            result = train_step(tm, optimizer, ema, data, cfg, step, device, lambda_c)
+            result = train_step(tm, optimizer, ema, data, cfg, step, device, lambda_c, paths)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - t0

@@ -93,7 +93,7 @@ class BagelInferenceMixin:
 
     def _prefill_images(self, cache: KVCache, images: list[PIL.Image.Image | None]) -> None:
         """Append one ViT image block to each row that has an image."""
-        vae_resize, vit = vae_transform().resize, vit_transform()
+        vae_resize, vit = vae_transform(self.config).resize, vit_transform(self.config)
         tensors = [vit(vae_resize(to_rgb(im))) for im in images if im is not None]
         if not tensors:
             return
@@ -162,7 +162,7 @@ class BagelInferenceMixin:
 
     def _vit_tokens(self, image: PIL.Image.Image) -> int:
         """Cache slots an input image takes: its ViT patches plus the two frame tokens."""
-        w, h = vit_transform().resize.target_size(*vae_transform().resize.target_size(*image.size))
+        w, h = vit_transform(self.config).resize.target_size(*vae_transform(self.config).resize.target_size(*image.size))
         p = self.config.vit.patch_size
         return (w // p) * (h // p) + 2
 

@@ -157,14 +157,29 @@ class ImageTransform:
         return f"{type(self).__name__}({self.resize!r})"
 
 
-def vae_transform() -> ImageTransform:
-    """Preprocessing for the VAE (generation/editing) path: 1024 / 512 / 16."""
-    return ImageTransform(1024, 512, 16)
+def vae_transform(config=None) -> ImageTransform:
+    """Preprocessing for the VAE (generation/editing) path: Bagel's 1024 / 512 / 16.
+
+    With a :class:`~srum.models.bagel.config.BagelConfig`, the sizes are capped by what
+    the model covers: long side at most ``config.max_image_side`` (the latent position
+    table), short side at least ``min(512, that)``, stride ``config.latent_downsample``.
+    For BAGEL-7B-MoT (64 latent positions x 16 px = 1024) this is exactly the default;
+    a small model (e.g. the miniature world's 64 px one) keeps its own images unscaled."""
+    if config is None:
+        return ImageTransform(1024, 512, 16)
+    largest = min(1024, config.max_image_side)
+    return ImageTransform(largest, min(512, largest), config.latent_downsample)
 
 
-def vit_transform() -> ImageTransform:
-    """Preprocessing for the SigLIP ViT (understanding) path: 980 / 224 / 14."""
-    return ImageTransform(980, 224, 14)
+def vit_transform(config=None) -> ImageTransform:
+    """Preprocessing for the SigLIP ViT (understanding) path: Bagel's 980 / 224 / 14.
+
+    With a config: long side at most ``config.vit.image_size`` (980 for SigLIP-so400m-14-980,
+    which gives the default), short side at least ``min(224, that)``, stride the ViT patch."""
+    if config is None:
+        return ImageTransform(980, 224, 14)
+    largest = min(980, config.vit.image_size)
+    return ImageTransform(largest, min(224, largest), config.vit.patch_size)
 
 
 def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Rendering the miniature world's training sets to disk, in ``srum train``'s row formats.
+
+``write_training_data(out_dir, cfg)`` writes ``t2i.jsonl``, ``cot.jsonl`` and ``vqa.jsonl``
+(rows described in :mod:`.tasks`; image paths relative to ``out_dir``) plus the images
+under ``images/``. Item ``i`` of a kind draws everything from its own generator seeded by
+``(seed, kind, i)``, so the files do not depend on the number of worker processes, and
+only training-split prompts and scenes are used (:mod:`.world` keeps held-out
+combinations out of both text and images).
+
+A finished directory holds ``data.json`` (counts, config); a directory without it is
+rebuilt from scratch (rendering is minutes at most, so partial output is not resumed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_write_text
+from . import tasks
+from . import world as W
+
+__all__ = ["DataConfig", "write_training_data", "item_rng", "text_corpus"]
+
+KINDS = {"prompt": 1, "vqa": 2, "judge": 3}
+
+
+@dataclass
+class DataConfig:
+    """Sizes of the training sets.
+
+    prompts: (prompt, scene) pairs; each gives one ``t2i`` and one ``cot`` row (same image).
+    vqa_scenes / questions_per_scene: random training scenes (1-4 objects) and the plain
+        questions asked about each (plus the detection question with ``detection_prob``).
+    judge_scenes: (prompt, scene) pairs, half of them violating it (:func:`world.sample_negative_scene`),
+        each asked the judge's global question and local + relevance questions for up to
+        two regions.
+    workers: rendering processes (0 = in this process)."""
+
+    prompts: int = 60000
+    vqa_scenes: int = 30000
+    questions_per_scene: int = 3
+    detection_prob: float = 0.3
+    judge_scenes: int = 10000
+    corrupt_prob: float = 0.5
+    seed: int = 0
+    workers: int = 0
+
+
+def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), KINDS[kind], int(index)])
+
+
+def _save(image, out: Path, rel: str) -> str:
+    path = out / rel
+    image.save(path, format="PNG", optimize=False, compress_level=1)
+    return rel
+
+
+def _prompt_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> tuple[list, list]:
+    t2i, cot = [], []
+    for i in range(start, stop):
+        rng = item_rng(cfg.seed, "prompt", i)
+        category = W.CATEGORIES[i % len(W.CATEGORIES)]
+        spec = W.sample_prompt(category, rng, "train")
+        scene = W.sample_scene(spec, rng)
+        rel = _save(W.render(scene), out, f"images/prompt/{i:07d}.png")
+        t2i.append({"mode": "t2i", "id": f"t2i-{i:07d}", "prompt": spec.text, "image": rel, "meta": {"category": category}})
+        cot.append({"mode": "cot", "id": f"cot-{i:07d}", "prompt": spec.text, "plan": tasks.plan_text(scene),
+                    "image": rel, "meta": {"category": category}})
+    return t2i, cot
+
+
+def _vqa_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
+    rows = []
+    for i in range(start, stop):
+        rng = item_rng(cfg.seed, "vqa", i)
+        scene = W.sample_training_scene(rng, int(rng.integers(1, 5)))
+        rel = _save(W.render(scene), out, f"images/vqa/{i:07d}.png")
+        qas = tasks.scene_questions(scene, rng, cfg.questions_per_scene)
+        if rng.random() < cfg.detection_prob:
+            qas.append(("detect", tasks.DETECTION_QUESTION, tasks.detection_answer(scene)))
+        for k, (kind, question, answer) in enumerate(qas):
+            rows.append({"mode": "vqa", "id": f"vqa-{i:07d}-{k}", "image": rel, "question": question,
+                         "answer": answer, "meta": {"kind": kind}})
+    return rows
+
+
+def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
+    rows = []
+    for i in range(start, stop):
+        rng = item_rng(cfg.seed, "judge", i)
+        category = W.CATEGORIES[i % len(W.CATEGORIES)]
+        spec = W.sample_prompt(category, rng, "train")
+        scene = W.sample_scene(spec, rng)
+        if rng.random() < cfg.corrupt_prob:
+            try:
+                scene, _ = W.sample_negative_scene(spec, rng)
+            except RuntimeError:  # no violating layout found for this prompt: keep the good one
+                pass
+        image = W.render(scene)
+        rel = _save(image, out, f"images/judge/{i:07d}.png")
+        for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng)):
+            rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": rel, "question": question,
+                         "answer": answer, "meta": {"kind": kind}})
+    return rows
+
+
+def _chunk(job):
+    fn, out, cfg, start, stop = job
+    return fn(Path(out), cfg, start, stop)
+
+
+def _run(fn, out: Path, cfg: DataConfig, n: int, chunk: int = 2000) -> list:
+    jobs = [(fn, str(out), cfg, s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    if cfg.workers > 0 and len(jobs) > 1:
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            return list(pool.map(_chunk, jobs))
+    return [_chunk(job) for job in jobs]
+
+
+def _write_jsonl(path: Path, rows: list) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_training_data(out_dir: str | os.PathLike, cfg: DataConfig) -> dict:
+    """Render every training set into ``out_dir`` (see the module docstring); returns the
+    counts written to ``data.json``. A finished directory with the same config is kept."""
+    out = Path(out_dir)
+    marker = out / "data.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if done.get("config") == asdict(cfg):
+            return done
+    if out.exists():
+        shutil.rmtree(out)
+    for sub in ("prompt", "vqa", "judge"):
+        (out / "images" / sub).mkdir(parents=True, exist_ok=True)
+    t2i, cot = [], []
+    for a, b in _run(_prompt_rows, out, cfg, cfg.prompts):
+        t2i += a
+        cot += b
+    vqa = [r for part in _run(_vqa_rows, out, cfg, cfg.vqa_scenes) for r in part]
+    vqa += [r for part in _run(_judge_rows, out, cfg, cfg.judge_scenes) for r in part]
+    _write_jsonl(out / "t2i.jsonl", t2i)
+    _write_jsonl(out / "cot.jsonl", cot)
+    _write_jsonl(out / "vqa.jsonl", vqa)
+    kinds: dict[str, int] = {}
+    for r in vqa:
+        kinds[r["meta"]["kind"]] = kinds.get(r["meta"]["kind"], 0) + 1
+    summary = {"config": asdict(cfg), "t2i": len(t2i), "cot": len(cot), "vqa": len(vqa), "vqa_kinds": kinds,
+               "files": ["t2i.jsonl", "cot.jsonl", "vqa.jsonl"]}
+    atomic_write_text(marker, json.dumps(summary, indent=1))
+    return summary
+
+
+def text_corpus(data_dir: str | os.PathLike, max_rows_per_file: int = 20000) -> list[str]:
+    """Training text for the tokenizer: the world's words plus the texts of the first rows
+    of every training file (prompts, plans, questions with the judge's rubric, answers)."""
+    from ..models.bagel.prompts import GENERATION_THINK_PROMPT, UNDERSTANDING_THINK_PROMPT
+    corpus = list(W.world_corpus()) + [GENERATION_THINK_PROMPT, UNDERSTANDING_THINK_PROMPT]
+    for name in ("t2i.jsonl", "cot.jsonl", "vqa.jsonl"):
+        with open(Path(data_dir) / name, encoding="utf-8") as f:
+            for k, line in enumerate(f):
+                if k >= max_rows_per_file:
+                    break
+                row = json.loads(line)
+                corpus += [row[key] for key in ("prompt", "plan", "question", "answer") if key in row]
+    return corpus

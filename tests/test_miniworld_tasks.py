@@ -1,0 +1,149 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The miniature world's training rows, the self-box proposals, the autoencoder objective
+and the model-dependent input transforms."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from srum.miniworld import tasks
+from srum.miniworld import world as W
+from srum.miniworld.data import DataConfig, text_corpus, write_training_data
+from srum.proposals.self_boxes import SelfBoxesConfig, parse_boxes, propose_self_boxes
+
+
+def _spatial(rng):
+    spec = W.sample_prompt("spatial", rng, "train")
+    return spec, W.sample_scene(spec, rng)
+
+
+def test_plan_round_trips_every_object():
+    rng = np.random.default_rng(1)
+    for category in W.CATEGORIES:
+        spec = W.sample_prompt(category, rng, "train")
+        scene = W.sample_scene(spec, rng)
+        parsed = tasks.parse_plan(tasks.plan_text(scene))
+        assert [(o.shape, o.color, o.size, o.fill) for o in parsed] == \
+               [(o.shape, o.color, o.size, o.fill) for o in scene.objects]
+        assert all(abs(p.x - o.x) <= 0.5 and abs(p.y - o.y) <= 0.5 for p, o in zip(parsed, scene.objects))
+        # the plan's objects still satisfy the prompt: drawing from the plan is drawing the prompt
+        assert W.evaluate_spec(spec, parsed)["overall"]
+
+
+def test_scene_question_answers_follow_the_scene():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        scene = W.sample_training_scene(rng)
+        for kind, question, answer in tasks.scene_questions(scene, rng, 4):
+            if kind == "count" and question == "How many objects are there?":
+                assert answer == str(len(scene.objects))
+            if kind == "exists":
+                words = question.split()
+                color, shape = words[3], words[4]
+                assert (answer == "Yes") == any(o.color == color and o.shape == shape for o in scene.objects)
+            if kind == "color":
+                shape = question.split()[-1].rstrip("?")
+                assert answer == next(o.color for o in scene.objects if o.shape == shape)
+
+
+def test_detection_answer_parses_back_to_the_boxes():
+    rng = np.random.default_rng(3)
+    scene = W.sample_training_scene(rng, 3)
+    boxes = parse_boxes(tasks.detection_answer(scene), (64, 64), coords_scale=64)
+    assert sorted(tuple(b["bbox"]) for b in boxes) == sorted(tuple(float(v) for v in o.bbox()) for o in scene.objects)
+    assert {b["label"] for b in boxes} == {f"{o.color} {o.shape}" for o in scene.objects}
+
+
+def test_parse_boxes_scales_clips_and_skips_degenerate():
+    text = "red circle (100, 200, 300, 400); blue square (500, 500, 500, 900), big (900, 900, 1200, 1000)"
+    boxes = parse_boxes(text, (200, 100), coords_scale=1000)
+    assert boxes[0] == {"label": "red circle", "bbox": [20.0, 20.0, 60.0, 40.0]}
+    assert boxes[1]["bbox"] == [180.0, 90.0, 200.0, 100.0]     # clipped to the image
+    assert len(boxes) == 2                                       # the zero-width box is dropped
+
+
+def test_self_box_proposals_use_the_model_answer():
+    class FakeModel:
+        def understand(self, image, question, max_new_tokens):
+            assert question == SelfBoxesConfig().question
+            return "red circle (0, 0, 32, 32); junk; blue square (32, 32, 64, 64)."
+
+    regions, answer = propose_self_boxes(FakeModel(), PIL.Image.new("RGB", (64, 64)), SelfBoxesConfig(coords_scale=64))
+    assert [r["bbox"] for r in regions] == [[0.0, 0.0, 32.0, 32.0], [32.0, 32.0, 64.0, 64.0]]
+    assert all(r["mask"] is None and r["area"] == 1024.0 for r in regions)
+    assert "junk" in answer
+
+
+def test_judge_digits_follow_the_rubric_rules():
+    rng = np.random.default_rng(4)
+    seen = set()
+    for _ in range(60):
+        spec, scene = _spatial(rng)
+        assert tasks.global_digit(spec, scene) == "9"
+        i, rel, j = spec.relation
+        bad, kind = W.sample_negative_scene(spec, rng, kind="relation")
+        digit = tasks.global_digit(spec, bad)
+        seen.add(digit)
+        assert digit in ("1", "3")
+        for obj in scene.objects:
+            assert tasks.local_digit(spec, obj) == "9" and tasks.is_relevant(spec, obj)
+    assert seen == {"1", "3"}
+    spec = W.sample_prompt("color", rng, "train")
+    assert tasks.global_digit(spec, W.sample_scene(spec, rng)) == "5"    # no relation: neutral
+    assert tasks.local_digit(spec, None) == "5" and not tasks.is_relevant(spec, None)
+
+
+def test_training_data_never_holds_a_heldout_combination(tmp_path):
+    cfg = DataConfig(prompts=120, vqa_scenes=60, judge_scenes=30, seed=5)
+    summary = write_training_data(tmp_path / "d", cfg)
+    assert summary["t2i"] == summary["cot"] == 120
+    heldout_texts = {s.text for s in W.eval_prompts(split="heldout", per_category=30, seed=0)
+                     if W.is_heldout(s)}
+    for name in ("t2i.jsonl", "cot.jsonl", "vqa.jsonl"):
+        for line in (tmp_path / "d" / name).read_text().splitlines():
+            row = json.loads(line)
+            assert (tmp_path / "d" / row["image"]).is_file()
+            assert row.get("prompt") not in heldout_texts
+    # a second call with the same config keeps the files; the corpus covers the world's words
+    again = write_training_data(tmp_path / "d", cfg)
+    assert again == summary
+    words = " ".join(text_corpus(tmp_path / "d"))
+    assert all(w in words for w in list(W.SHAPES) + list(W.COLORS))
+
+
+def test_autoencoder_objective_learns_and_normalises():
+    from srum.models.bagel.autoencoder import AutoEncoderParams
+    from srum.training.autoencoder import AutoencoderTrainConfig, latent_moments, train_autoencoder
+    rng = np.random.default_rng(0)
+    images = torch.stack([torch.from_numpy(np.array(W.render(W.sample_training_scene(rng)))).permute(2, 0, 1)
+                          for _ in range(16)]).float() / 127.5 - 1
+    params = AutoEncoderParams(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=4)
+    cfg = AutoencoderTrainConfig(steps=60, batch_size=8, lr=2e-3, warmup_steps=5, log_every=20)
+    curve = []
+    ae = train_autoencoder(params, lambda step, b: images[(torch.arange(b) + step * b) % 16], cfg,
+                           on_log=lambda step, m: curve.append(m))
+    assert curve[-1]["loss"] < 0.85 * curve[0]["loss"]
+    moments = latent_moments(ae, images)
+    assert moments["psnr"] > 12.0
+    assert abs(moments["latent_std"] - 1.0) < abs(curve[0]["latent_std"] - 1.0) + 0.5
+
+
+def test_transforms_follow_the_model_config():
+    from srum.models.bagel.tiny import build_tiny_model, load_tiny_spec
+    from srum.models.bagel.transforms import vae_transform, vit_transform
+    config = build_tiny_model(300, load_tiny_spec("configs/model/miniworld.yaml")).config
+    assert vit_transform(config).resize.target_size(64, 64) == (64, 64)
+    assert vae_transform(config).resize.target_size(64, 64) == (64, 64)
+    assert vit_transform(config).stride == config.vit.patch_size == 16
+    # Bagel-7B-MoT's numbers: the defaults
+    from srum.models.bagel.config import BagelConfig, LanguageModelConfig, VisionConfig
+    big = BagelConfig(llm=config.llm, vit=VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=2, patch_size=14, image_size=980),
+                      max_latent_size=64)
+    for size in [(300, 200), (4000, 500), (1024, 1024)]:
+        assert vae_transform(big).resize.target_size(*size) == vae_transform().resize.target_size(*size)
+        assert vit_transform(big).resize.target_size(*size) == vit_transform().resize.target_size(*size)
