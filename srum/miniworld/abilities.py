@@ -103,18 +103,15 @@ def _generate(model, specs, cfg: AbilitiesConfig, think: bool):
 
 
 def _accuracy_table(specs, images) -> dict:
-    per_cat: dict[str, list[int]] = {}
-    groups = {"single_object": [], "multi_object": []}
+    """The oracle's verdicts summarised exactly as ``srum eval miniworld`` does (percent)."""
+    from .evaluation import summarize_rows, table_values
+    rows = []
     for spec, image in zip(specs, images):
-        ok = int(O.check(spec, image).correct)
-        per_cat.setdefault(spec.category, []).append(ok)
-        n = sum(o.count for o in spec.objects)
-        groups["single_object" if n == 1 else "multi_object"].append(ok)
-    table = {k: 100.0 * float(np.mean(v)) for k, v in per_cat.items()}
-    table["overall"] = float(np.mean([table[c] for c in per_cat]))
-    for k, v in groups.items():
-        table[k] = 100.0 * float(np.mean(v)) if v else None
-    return table
+        verdict = O.check(spec, image)
+        rows.append({"category": spec.category, "score": 100 if verdict.correct else 0, "status": "ok",
+                     "num_objects": spec.num_objects, "readable": verdict.readable})
+    summary = summarize_rows(rows)
+    return {**table_values(summary), "readable": summary["readable"]}
 
 
 @torch.no_grad()
