@@ -2,7 +2,7 @@
 # Train the miniature world's Bagel from scratch (srum miniworld pretrain), optionally
 # within a wall-clock budget for the training phase.
 #
-#   bash scripts/miniworld_pretrain.sh OUT_DIR [TRAIN_SECONDS] [KEY=VALUE ...]
+#   bash scripts/miniworld_pretrain.sh OUT_DIR [TRAIN_SECONDS] [--config FILE] [KEY=VALUE ...]
 #
 # Without TRAIN_SECONDS (or with 0) training runs to train.total_steps of
 # configs/train/miniworld_pretrain.yaml. With it, training is stopped after that many
@@ -16,14 +16,14 @@ BUDGET="${2:-0}"
 shift $(( $# >= 2 ? 2 : 1 ))
 PY="${PYTHON:-python3}"
 
-run() { "$PY" -m srum miniworld pretrain out_dir="$OUT_DIR" "$@"; }
+run() { "$PY" -m srum miniworld pretrain "$@" out_dir="$OUT_DIR"; }
 
 if [[ "$BUDGET" -gt 0 && ! -f "$OUT_DIR/train/done.json" ]]; then
     # phase by phase: data + init + as much training as the budget allows (a large
     # total_steps; the kill comes first), then finish at the last saved step
     set +e
     timeout --signal=TERM --kill-after=20 "$BUDGET" \
-        "$PY" -m srum miniworld pretrain out_dir="$OUT_DIR" "$@" 'train_overrides=["train.total_steps=1000000"]'
+        "$PY" -m srum miniworld pretrain "$@" out_dir="$OUT_DIR" 'train_overrides=["train.total_steps=1000000"]'
     set -e
     last=$(ls -d "$OUT_DIR"/train/checkpoints/step-* 2>/dev/null | sed 's/.*step-0*//' | sort -n | tail -1)
     [[ -n "$last" ]] || { echo "no checkpoint was saved within $BUDGET s" >&2; exit 1; }

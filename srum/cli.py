@@ -15,7 +15,7 @@ Subcommands (each documented by ``srum <command> --help``):
 * ``eval``: T2I-CompBench generation, MLLM scoring, summaries and comparisons; GenEval images;
 * ``pipeline``: the whole loop (generate -> ... -> eval -> report) for one or more rounds;
 * ``datasets``: list and check the named datasets of the registry (``data/datasets.yaml``);
-* ``miniworld``: the miniature world: pretrain its Bagel from scratch, measure its abilities.
+* ``miniworld``: the miniature world: pretrain its Bagel from scratch, measure its abilities, run the SRUM study.
 """
 from __future__ import annotations
 

@@ -173,3 +173,25 @@ def test_compare_input_errors(tmp_path):
         compare_runs([base, base], tmp_path / "out", labels=["one"])
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         compare_runs([base, tmp_path / "nothing"], tmp_path / "out")
+
+
+def test_compare_uses_a_benchmarks_own_table_when_every_run_has_it(tmp_path):
+    def own(path, values):
+        table = {"name": "Toy world", "columns": ["a", "b", "overall"], "headers": {"a": "A", "b": "B"},
+                 "values": values, "note": "Toy note."}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"categories": {}, "overall": values["overall"], "num_scored": 4, "num_failed": 0,
+                                    "table": table}))
+        return path
+    base = own(tmp_path / "base/summary/summary.json", {"a": 10.0, "b": 20.0, "overall": 15.0})
+    trained = own(tmp_path / "r1/summary/summary.json", {"a": 30.0, "b": 20.0, "overall": 25.0})
+    result = compare_runs([base, trained], tmp_path / "cmp", labels=["base", "round 1"])
+    assert result["benchmark"] == "Toy world" and result["columns"] == ["a", "b", "overall"]
+    assert result["runs"][1]["delta"] == {"a": 20.0, "b": 0.0, "overall": 10.0}
+    md = (tmp_path / "cmp/compare.md").read_text()
+    assert md.startswith("# Toy world comparison (base: base)") and "| run | A | B | Overall |" in md
+    assert "| round 1 | 30.00 (+20.00) | 20.00 (+0.00) | 25.00 (+10.00) | 4 | 0 |" in md and "Toy note." in md
+    # a run without the table (a CompBench summary): the CompBench columns for all
+    plain = _summary_file(tmp_path / "plain/summary.json", BAGEL_README, BAGEL_COMPLEX)
+    mixed = compare_runs([plain, trained], tmp_path / "cmp2")
+    assert mixed["benchmark"] == "T2I-CompBench" and "3d_spatial" in mixed["columns"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from srum.config import ConfigError, load_config
-from srum.judge import RATING_SCALE, JudgeConfig, SelfJudge, judge_image
+from srum.judge import RATING_SCALE, JudgeConfig, SelfJudge, judge_image, judge_images
 from srum.judge.rubric import global_question, local_question
 from srum.regions import RegionView
 
@@ -254,6 +254,28 @@ def test_self_judge_logits_mode_is_deterministic_and_batch_invariant(tiny_model)
     strict, _ = judge_image(backend, _image(), PROMPT, [], JudgeConfig(mode="logits", judge_local=False))
     assert strict["status"] == "failed" and strict["score"] is None
     assert strict["detail"]["scale_mass"] == pytest.approx(glob["detail"]["scale_mass"], abs=1e-6)
+
+
+def test_judge_images_equals_judge_image_per_image(tiny_model):
+    """Several images at once (logits mode: their questions share backend calls) give the
+    records judge_image gives image by image; text mode goes image by image."""
+    backend = SelfJudge(tiny_model)
+    other = PIL.Image.new("RGB", (64, 48), (20, 30, 160))
+    jobs = [(_image(), PROMPT, _tiny_regions()), (other, "a blue cup", []), (other, PROMPT, _tiny_regions()[:1])]
+    cfg = JudgeConfig(mode="logits", min_scale_mass=0.0, batch_size=4)
+    together = judge_images(backend, jobs, cfg)
+    alone = [judge_image(backend, *job, cfg) for job in jobs]
+    assert [len(r) for _, r in together] == [2, 0, 1]
+    for (g1, r1), (g2, r2) in zip(together, alone):
+        for a, b in zip([g1, *r1], [g2, *r2]):
+            assert a["status"] == b["status"] == "ok" and a["score"] == pytest.approx(b["score"], abs=1e-5)
+            assert {k: v for k, v in a.items() if k not in ("score", "reason", "detail")} == \
+                {k: v for k, v in b.items() if k not in ("score", "reason", "detail")}
+    fake = FakeBackend(probs_for=lambda q: ([0.0] * 8 + [1.0], 1.0))
+    judge_images(fake, jobs, cfg)
+    assert [c["n"] for c in fake.calls] == [4, 2]                        # 6 questions, 4 per call, across images
+    with pytest.raises(ValueError, match="generators"):
+        judge_images(fake, jobs, cfg, [None])
 
 
 def test_self_judge_text_mode_records_failures_reproducibly(tiny_model):

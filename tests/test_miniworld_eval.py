@@ -106,11 +106,15 @@ def test_ground_truth_pictures_score_100_and_swapped_ones_do_not(tmp_path):
     result = json.loads((RunLayout(other).summary / "summary.json").read_text())
     assert result["num_images"] == 48 and result["overall"] < 30
 
-    # srum eval compare reads both runs unchanged; Complex is the complex accuracy
+    # srum eval compare reads both runs with the world's own columns (summary.json's table)
     compared = compare_runs([truth, other], tmp_path / "compare", ["truth", "swapped"])
     values = compared["runs"][1]["values"]
+    assert compared["benchmark"] == "Miniature world (exact oracle)"
+    assert compared["columns"] == [*W.CATEGORIES, "single_object", "multi_object", "overall"]
     assert compared["runs"][0]["values"]["overall"] == 100.0 and values["overall"] == result["overall"]
-    assert values["complex_composite"] == result["categories"]["complex"]["mean"] and values["3d_spatial"] is None
+    assert values["complex"] == result["categories"]["complex"]["mean"]
+    assert values["single_object"] == result["single_object"]
+    assert "| truth | 100.00 |" in (tmp_path / "compare" / "compare.md").read_text()
 
 
 def test_manifest_written_by_another_tool(tmp_path):

@@ -58,8 +58,9 @@ def run_cli(argv: list[str]) -> int:
 def test_shipped_registry_loads_and_examples_has_16_prompts():
     registry = load_registry(SHIPPED)
     assert registry.path == SHIPPED
-    assert registry.names() == ["examples", "srum_train_comp", "srum_val_comp", "t2i_compbench_val", "self_rewards"]
-    assert [registry.get(n).kind for n in registry.names()] == ["prompts"] * 4 + ["rewards"]
+    assert registry.names() == ["examples", "srum_train_comp", "srum_val_comp", "t2i_compbench_val", "miniworld_train",
+                                "self_rewards"]
+    assert [registry.get(n).kind for n in registry.names()] == ["prompts"] * 5 + ["rewards"]
     assert registry.get("self_rewards").paths == ("judge/rewards.jsonl",)
     assert all(registry.get(n).description for n in registry.names())
     assert registry.resolve("examples") == [REPO / "data" / "prompts" / "examples.jsonl"]
@@ -67,6 +68,14 @@ def test_shipped_registry_loads_and_examples_has_16_prompts():
     assert errors == [] and len(items) == 16
     categories = {item.category for item in items}
     assert len(categories) == 8 and all(sum(i.category == c for i in items) == 2 for c in categories)
+    # the miniature world's training prompts (shipped): 200 per category, none of a held-out combination
+    from srum.miniworld import world as W
+    items, errors = read_dataset_prompts(registry, "miniworld_train")
+    assert errors == [] and len(items) == 1200 and {i.category for i in items} == set(W.CATEGORIES)
+    specs = {json.loads(line)["id"]: W.PromptSpec.from_dict(json.loads(line)["spec"])
+             for line in registry.resolve("miniworld_train")[0].read_text().splitlines()}
+    assert not any(W.is_heldout(s) for s in specs.values())
+    assert [s.text for s in specs.values()] == [i.prompt for i in items]
 
 
 def test_default_registry_is_the_shipped_file_or_the_env_var(tmp_path, monkeypatch):
@@ -165,7 +174,8 @@ def test_registry_from_dict_accepts_both_shapes_and_names_the_source(tmp_path):
 def test_unknown_name_lists_the_known_ones():
     registry = load_registry(SHIPPED)
     with pytest.raises(ValueError, match=r"unknown dataset 'nope' in registry .*datasets\.yaml; "
-                                         r"known: examples, srum_train_comp, srum_val_comp, t2i_compbench_val, self_rewards"):
+                                         r"known: examples, srum_train_comp, srum_val_comp, t2i_compbench_val, miniworld_train, "
+                                         r"self_rewards"):
         registry.get("nope")
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         registry.resolve("nope")

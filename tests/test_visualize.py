@@ -391,3 +391,43 @@ def test_report_renders_in_headless_browser(run_dir, tmp_path):
     # the card picture (loaded through its relative path) shows the +1 region's green outline
     near_green = (np.abs(arr - np.array(GREEN)).max(axis=-1) <= 6).sum()
     assert near_green > 100
+
+
+# ---------------------------------------------------------------------------- evaluation grid
+
+def _eval_run(root: Path, scores: dict[str, object], colour) -> Path:
+    """A fake evaluation run: images/manifest.jsonl (+ scores/scores.jsonl for scored ids)."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for k, image_id in enumerate(["color_0000", "color_0001", "shape_0000", "shape_0001", "spatial_0000"]):
+        Image.new("RGB", (64, 64), colour).save(root / "images" / f"{image_id}.png")
+        rows.append({"image_id": image_id, "image_file": f"{image_id}.png", "prompt": f"prompt {k}",
+                     "category": image_id.split("_")[0], "seed": k})
+    (root / "images" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "scores").mkdir()
+    lines = [{"image_id": i, "score": s, "status": "failed" if s is None else "ok"} for i, s in scores.items()]
+    (root / "scores" / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return root
+
+
+def test_eval_grid_pairs_images_by_id_and_counts_changes(tmp_path):
+    from srum.visualize.grid import eval_grid, read_eval_run
+    base = _eval_run(tmp_path / "base", {"color_0000": 0, "color_0001": 100, "shape_0000": 0, "shape_0001": None},
+                     (200, 0, 0))
+    last = _eval_run(tmp_path / "last", {"color_0000": 100, "color_0001": 0, "shape_0000": 0, "shape_0001": 100,
+                                         "spatial_0000": 100}, (0, 0, 200))
+    run = read_eval_run(base)
+    assert run["shape_0001"]["status"] == "failed" and run["shape_0001"]["score"] is None
+    assert run["spatial_0000"]["status"] is None                       # not scored
+    out = eval_grid([("base", base), ("round 1", last)], tmp_path / "g" / "grid.png", limit=3, cell=32, width=200)
+    # categories in turn: color, shape, spatial; only pairs scored in both are counted
+    assert out["rows"] == 3 and out["columns"] == ["base", "round 1"]
+    assert out["changed"] == {"better": 1, "worse": 1, "same": 1}
+    assert json.loads((tmp_path / "g" / "grid.json").read_text()) == out
+    with Image.open(tmp_path / "g" / "grid.png") as im:
+        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    assert ((pixels == (200, 0, 0)).all(1)).any() and ((pixels == (0, 0, 200)).all(1)).any()   # both runs drawn
+    with pytest.raises(ValueError, match="at least two"):
+        eval_grid([("base", base)], tmp_path / "x.png")
+    with pytest.raises(FileNotFoundError, match="not an evaluation run"):
+        eval_grid([("base", base), ("none", tmp_path / "none")], tmp_path / "x.png")

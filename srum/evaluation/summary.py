@@ -277,10 +277,27 @@ def load_run_summary(source: str | os.PathLike) -> dict:
     raise FileNotFoundError(f"{source}: no summary.json and no scores/scores.jsonl")
 
 
+def _own_table(summaries: list[dict]) -> dict | None:
+    """The benchmark's own table (``summary["table"]``: ``name``, ``columns``, ``headers``,
+    ``values``, ``note``) when every run has one with the same name and columns, else None
+    (the CompBench table)."""
+    tables = [s.get("table") for s in summaries]
+    if not all(isinstance(t, dict) for t in tables):
+        return None
+    first = tables[0]
+    if any(t.get("name") != first.get("name") or t.get("columns") != first.get("columns") for t in tables):
+        return None
+    return first
+
+
 def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  labels: Sequence[str] | None = None) -> dict:
     """Side-by-side table of two or more runs with deltas against the first (the base).
-    Writes ``compare.json``, ``compare.csv``, ``compare.md`` and ``compare.png``."""
+    Writes ``compare.json``, ``compare.csv``, ``compare.md`` and ``compare.png``.
+
+    The columns are T2I-CompBench's, unless every run's summary carries the same own
+    ``table`` (e.g. ``srum eval miniworld``: its 6 categories, 1 object / 2+ objects,
+    overall): then those columns, headers and values are compared."""
     if len(sources) < 2:
         raise ValueError("compare needs at least two runs")
     if labels is not None and len(labels) != len(sources):
@@ -288,11 +305,15 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     labels = list(labels) if labels else [Path(s).resolve().name or str(s) for s in sources]
     if len(set(labels)) != len(labels):
         labels = [f"{i + 1}:{lab}" for i, lab in enumerate(labels)]
-    cols = [*TABLE_COLUMNS, "overall"]
+    summaries = [load_run_summary(source) for source in sources]
+    own = _own_table(summaries)
+    cols = list(own["columns"]) if own else [*TABLE_COLUMNS, "overall"]
+    headers = {**TABLE_HEADERS, **own.get("headers", {})} if own else TABLE_HEADERS
+    name = own.get("name", "Evaluation") if own else "T2I-CompBench"
     runs = []
-    for label, source in zip(labels, sources):
-        summary = load_run_summary(source)
-        runs.append({"label": label, "source": str(source), "values": table_values(summary),
+    for label, source, summary in zip(labels, sources, summaries):
+        values = dict(summary["table"]["values"]) if own else table_values(summary)
+        runs.append({"label": label, "source": str(source), "values": {c: values.get(c) for c in cols},
                      "overall_8cat": summary.get("overall_8cat"), "num_scored": summary.get("num_scored"),
                      "num_failed": summary.get("num_failed")})
     base = runs[0]["values"]
@@ -301,7 +322,7 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                         for c in cols}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"columns": cols, "base": labels[0], "runs": runs}
+    result = {"benchmark": name, "columns": cols, "base": labels[0], "runs": runs}
     atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
 
     import io
@@ -316,8 +337,8 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                              *("" if run["delta"][c] is None else f"{run['delta'][c]:+.4f}" for c in cols), "", ""])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
 
-    lines = [f"# T2I-CompBench comparison (base: {labels[0]})", "",
-             "| run | " + " | ".join(TABLE_HEADERS[c] for c in cols) + " | scored | failed |",
+    lines = [f"# {name} comparison (base: {labels[0]})", "",
+             "| run | " + " | ".join(headers.get(c, c) for c in cols) + " | scored | failed |",
              "|---|" + "|".join("---:" for _ in cols) + "|---:|---:|"]
     for run in runs:
         cells = []
@@ -327,11 +348,12 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                 cell += f" ({_fmt(run['delta'][c], signed=True)})"
             cells.append(cell)
         lines.append(f"| {run['label']} | " + " | ".join(cells) + f" | {run['num_scored']} | {run['num_failed']} |")
-    lines += ["", "Deltas in parentheses are against the first run. Overall: the reference formula "
-                  "(7 base categories + complex composite, / 8)."]
+    note = own.get("note") if own else ("Overall: the reference formula (7 base categories + complex composite, "
+                                        "/ 8).")
+    lines += ["", "Deltas in parentheses are against the first run." + (f" {note}" if note else "")]
     atomic_write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
     bar_chart({r["label"]: r["values"] for r in runs}, cols, out_dir / "compare.png",
-              f"T2I-CompBench comparison (base: {labels[0]})")
+              f"{name} comparison (base: {labels[0]})", headers)
     return result
 
 

@@ -3,16 +3,16 @@
 
 * :mod:`.rubric`: the global/local questions and the 1..9 rating scale;
 * :mod:`.parse`: reading a score, reason and label out of a written answer;
-* :mod:`.scoring`: :class:`JudgeConfig` and :func:`judge_image` (text and logits modes);
+* :mod:`.scoring`: :class:`JudgeConfig`, :func:`judge_image` and :func:`judge_images` (text and logits modes);
 * :mod:`.backends`: :class:`SelfJudge` (Bagel) and :class:`QwenVLJudge` (transformers);
 * :mod:`.tiny_qwen_vl`: a random tiny Qwen2.5-VL checkpoint for tests.
 """
 from .backends import JudgeBackend, QwenVLJudge, SelfJudge, load_judge_backend
 from .parse import ParsedJudgment, ParseError, parse_judgment
 from .rubric import RATING_SCALE, RatingScale, global_question, local_question
-from .scoring import JudgeConfig, judge_image
+from .scoring import JudgeConfig, judge_image, judge_images
 from .tiny_qwen_vl import write_tiny_qwen_vl
 
 __all__ = ["JudgeBackend", "JudgeConfig", "ParseError", "ParsedJudgment", "QwenVLJudge", "RATING_SCALE", "RatingScale",
-           "SelfJudge", "global_question", "judge_image", "load_judge_backend", "local_question", "parse_judgment",
-           "write_tiny_qwen_vl"]
+           "SelfJudge", "global_question", "judge_image", "judge_images", "load_judge_backend", "local_question",
+           "parse_judgment", "write_tiny_qwen_vl"]

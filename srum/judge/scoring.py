@@ -97,12 +97,70 @@ def judge_image(backend, image: PIL.Image.Image, prompt: str, regions: list[dict
     length as ``regions``. Regions with ``grounding.kept == False`` are not asked about;
     they come back ``failed`` with ``detail.skipped``, as does everything when
     ``judge_global``/``judge_local`` is off. ``generator`` drives sampled retries."""
+    questions = _questions(image, prompt, regions, cfg)
+    asked = questions.asked()
+    if asked:
+        if cfg.mode == "text":
+            _ask_text(backend, asked, cfg, generator)
+        else:
+            _ask_logits(backend, asked, cfg)
+    return questions.entries(cfg)
+
+
+def judge_images(backend, jobs: list[tuple[PIL.Image.Image, str, list[dict]]], cfg: JudgeConfig,
+                 generators: list[torch.Generator | None] | None = None) -> list[tuple[dict, list[dict]]]:
+    """:func:`judge_image` for several ``(image, prompt, regions)`` at once, same results.
+    In logits mode the questions of all images share backend calls (``cfg.batch_size``
+    questions each), which is much faster for small images; text mode asks image by image
+    (each image's sampled retries use its own generator)."""
+    generators = generators if generators is not None else [None] * len(jobs)
+    if len(generators) != len(jobs):
+        raise ValueError(f"{len(generators)} generators for {len(jobs)} images")
+    if cfg.mode == "text":
+        return [judge_image(backend, image, prompt, regions, cfg, g)
+                for (image, prompt, regions), g in zip(jobs, generators)]
+    prepared = [_questions(image, prompt, regions, cfg) for image, prompt, regions in jobs]
+    asked = [q for p in prepared for q in p.asked()]
+    if asked:
+        _ask_logits(backend, asked, cfg)
+    return [p.entries(cfg) for p in prepared]
+
+
+@dataclass
+class _ImageQuestions:
+    """The questions about one image: the global one (or None) and one per region (None
+    where the region is not asked about)."""
+
+    regions: list[dict]
+    global_q: _Question | None
+    local_qs: list[_Question | None]
+
+    def asked(self) -> list[_Question]:
+        return [q for q in [self.global_q, *self.local_qs] if q is not None]
+
+    def entries(self, cfg: JudgeConfig) -> tuple[dict, list[dict]]:
+        if self.global_q is not None:
+            global_entry = {k: v for k, v in self.global_q.entry.items() if k != "label"}
+        else:
+            global_entry = _skipped(cfg.mode, "judge_global is false", with_label=False)
+        region_entries = []
+        for region, q in zip(self.regions, self.local_qs):
+            if q is not None:
+                entry = q.entry
+            elif not cfg.judge_local:
+                entry = _skipped(cfg.mode, "judge_local is false", with_label=True)
+            else:
+                entry = _skipped(cfg.mode, "not kept by the grounding filter", with_label=True)
+            region_entries.append({**region, **entry})
+        return global_entry, region_entries
+
+
+def _questions(image: PIL.Image.Image, prompt: str, regions: list[dict], cfg: JudgeConfig) -> _ImageQuestions:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
     image = image if image.mode == "RGB" else to_rgb(image)   # kept as is: see show_region
     for k, region in enumerate(regions):
         _check_bbox(region, k, image.size)
-
     global_q = None
     if cfg.judge_global:
         global_q = _Question("global", [image], global_question(prompt, cfg.mode))
@@ -113,28 +171,7 @@ def judge_image(backend, image: PIL.Image.Image, prompt: str, regions: list[dict
             continue
         views, phrase = show_region(image, region["bbox"], cfg.view)
         local_qs.append(_Question("local", views, local_question(prompt, phrase, cfg.mode)))
-
-    asked = [q for q in [global_q, *local_qs] if q is not None]
-    if asked:
-        if cfg.mode == "text":
-            _ask_text(backend, asked, cfg, generator)
-        else:
-            _ask_logits(backend, asked, cfg)
-
-    if global_q is not None:
-        global_entry = {k: v for k, v in global_q.entry.items() if k != "label"}
-    else:
-        global_entry = _skipped(cfg.mode, "judge_global is false", with_label=False)
-    region_entries = []
-    for region, q in zip(regions, local_qs):
-        if q is not None:
-            entry = q.entry
-        elif not cfg.judge_local:
-            entry = _skipped(cfg.mode, "judge_local is false", with_label=True)
-        else:
-            entry = _skipped(cfg.mode, "not kept by the grounding filter", with_label=True)
-        region_entries.append({**region, **entry})
-    return global_entry, region_entries
+    return _ImageQuestions(regions, global_q, local_qs)
 
 
 # ------------------------------------------------------------------ text mode

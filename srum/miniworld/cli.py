@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``srum miniworld pretrain | abilities | prompts``.
+"""``srum miniworld pretrain | abilities | prompts | study``.
 
 * ``pretrain [--config configs/miniworld/pretrain.yaml] [KEY=VALUE ...]``: train the
   miniature Bagel from scratch (data, tokenizer + autoencoder, ``srum train``, export);
@@ -9,7 +9,10 @@
   the model defaults to the embedded miniature Bagel (``models/miniworld``);
 * ``prompts --split train --per-category N --out FILE``: a prompt file (``.jsonl``, or
   ``.json`` in the reference format) for ``srum generate`` / the dataset registry
-  (:mod:`.prompts`).
+  (:mod:`.prompts`);
+* ``study [--config configs/miniworld/study.yaml] [--quick] [--report-only] [KEY=VALUE ...]``:
+  SRUM, SFT and the ablations trained from one set of self-judged candidates per seed and
+  measured on held-out prompts by the oracle (:mod:`.study`); rerunning resumes.
 """
 from __future__ import annotations
 
@@ -87,7 +90,8 @@ def cmd_study(args) -> int:
 
 
 def add_miniworld_parser(sub) -> None:
-    p = sub.add_parser("miniworld", help="the miniature world: pretrain its Bagel, measure its abilities, run the SRUM study",
+    p = sub.add_parser("miniworld",
+                       help="the miniature world: pretrain its Bagel, measure its abilities, run the SRUM study",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="miniworld_action", required=True)
     t = actions.add_parser("pretrain", help="train the miniature Bagel from scratch (resumable)")

@@ -38,6 +38,9 @@ class DataConfig:
     prompts: (prompt, scene) pairs; each gives one ``t2i`` and one ``cot`` row (same image).
     vqa_scenes / questions_per_scene: random training scenes (1-4 objects) and the plain
         questions asked about each (plus the detection question with ``detection_prob``).
+    one_object_share: the share of those scenes with exactly one object (the rest: 1-4 at
+        random); simple scenes make the picture the only way to answer, which is what gets a
+        ViT trained from scratch to carry the picture's content at all.
     judge_scenes: (prompt, scene) pairs, half of them violating it (:func:`world.sample_negative_scene`),
         each asked the judge's global question and local + relevance questions for up to
         two regions.
@@ -45,6 +48,7 @@ class DataConfig:
 
     prompts: int = 60000
     vqa_scenes: int = 30000
+    one_object_share: float = 0.0
     questions_per_scene: int = 3
     detection_prob: float = 0.3
     judge_scenes: int = 10000
@@ -81,7 +85,10 @@ def _vqa_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
     rows = []
     for i in range(start, stop):
         rng = item_rng(cfg.seed, "vqa", i)
-        scene = W.sample_training_scene(rng, int(rng.integers(1, 5)))
+        # (no draw when the share is 0, so older configs render the very same scenes)
+        one = cfg.one_object_share > 0 and rng.random() < cfg.one_object_share
+        n_objects = 1 if one else int(rng.integers(1, 5))
+        scene = W.sample_training_scene(rng, n_objects)
         rel = _save(W.render(scene), out, f"images/vqa/{i:07d}.png")
         qas = tasks.scene_questions(scene, rng, cfg.questions_per_scene)
         if rng.random() < cfg.detection_prob:

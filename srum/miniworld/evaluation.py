@@ -60,6 +60,8 @@ TABLE_COLUMNS = (*W.CATEGORIES, "single_object", "multi_object", "overall")
 TABLE_HEADERS = {"color": "Color", "shape": "Shape", "texture": "Texture", "spatial": "Spatial",
                  "numeracy": "Numeracy", "complex": "Complex", "single_object": "1 object",
                  "multi_object": "2+ objects", "overall": "Overall"}
+TABLE_NOTE = ("Accuracy in percent (exact oracle). Overall: mean of the 6 categories; 1 object / 2+ objects: by the "
+              "number of objects the prompt asks for.")
 
 
 @dataclass
@@ -262,8 +264,7 @@ def markdown_summary(summary: dict, title: str) -> str:
              "| " + " | ".join(TABLE_HEADERS[c] for c in TABLE_COLUMNS) + " |",
              "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
              "| " + " | ".join(_fmt(values[c]) for c in TABLE_COLUMNS) + " |", "",
-             "Accuracy in percent. Overall: mean of the 6 categories; 1 object / 2+ objects: by the number of "
-             "objects the prompt asks for."]
+             TABLE_NOTE]
     if summary["missing_categories"]:
         lines.append(f"Not available (no image): {', '.join(summary['missing_categories'])}.")
     lines += ["", "| category | images | accuracy | std |", "|---|---:|---:|---:|"]
@@ -291,6 +292,8 @@ def summarize_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
                                                  if r.get("think") is not None})) or None}
     title = f"Miniature world (exact oracle): {label or layout.root.resolve().name}"
     summary["title"] = title
+    summary["table"] = {"name": "Miniature world (exact oracle)", "columns": list(TABLE_COLUMNS),
+                        "headers": TABLE_HEADERS, "values": table_values(summary), "note": TABLE_NOTE}
     layout.summary.mkdir(parents=True, exist_ok=True)
     write_results_csv(rows, layout.summary / "results.csv")
     atomic_write_text(layout.summary / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -50,7 +51,13 @@ class PretrainConfig:
     autoencoder_from: reuse a trained ``ae.safetensors`` (a file, or a model directory
         holding one) instead of training the autoencoder; it must match model_config's
         ``vae`` widths (loaded strictly).
-    export_dtype: dtype of the exported weights. device: "auto" (cuda when available)."""
+    init_from: continue from a trained model directory instead of a random one: phase 2
+        copies it (weights, autoencoder, tokenizer: the vocabulary must not change), so
+        training stages with different data mixes chain (a curriculum). The model config
+        and the autoencoder settings are then not used.
+    export_dtype / export_weights: dtype of the exported weights and which ones ("auto": the
+        EMA when the run kept one; "model": the trained weights). device: "auto" (cuda when
+        available)."""
 
     out_dir: str
     model_config: str = "configs/model/miniworld.yaml"
@@ -60,8 +67,10 @@ class PretrainConfig:
     autoencoder: AutoencoderTrainConfig = field(default_factory=AutoencoderTrainConfig)
     autoencoder_images: int = 20000
     autoencoder_from: str | None = None
+    init_from: str | None = None
     seed: int = 0
     export_dtype: str = "bfloat16"
+    export_weights: Literal["auto", "ema", "model"] = "auto"
     device: str = "auto"
 
 
@@ -167,6 +176,22 @@ def build_initial_model(cfg: PretrainConfig, data_dir: Path, out: Path, device: 
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def copy_initial_model(source: str, out: Path) -> dict:
+    """Phase 2 with ``init_from``: the given model directory, copied file by file."""
+    import shutil
+
+    from ..models.bagel.checkpoint import find_weights
+    src = Path(source)
+    if not (src / "llm_config.json").is_file():
+        raise FileNotFoundError(f"init_from: {src} is not a model directory (no llm_config.json)")
+    find_weights(src)  # a clear error when it holds no weights
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "done.json":
+            shutil.copy2(f, out / f.name)
+    return {"init_from": str(src)}
+
+
 def _train_config(cfg: PretrainConfig, init_dir: Path, data_dir: Path, train_dir: Path):
     from ..training.config import load_train_config
     overrides = list(cfg.train_overrides) + [
@@ -193,7 +218,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     init = _done(init_dir)
     if init is None:
-        init = build_initial_model(cfg, data_dir, init_dir, device)
+        init = copy_initial_model(cfg.init_from, init_dir) if cfg.init_from else \
+            build_initial_model(cfg, data_dir, init_dir, device)
         _mark(init_dir, init)
     report["init"] = {k: v for k, v in init.items() if k != "autoencoder_curve"}
 
@@ -214,9 +240,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     if _done(model_dir) is None:
         from ..export.checkpoint import export_checkpoint
-        export_checkpoint(train_dir, init_dir, model_dir, weights="auto", dtype=cfg.export_dtype,
+        export_checkpoint(train_dir, init_dir, model_dir, weights=cfg.export_weights, dtype=cfg.export_dtype,
                           max_shard_bytes=2 ** 40)
-        _mark(model_dir, {"from": str(train_dir), "dtype": cfg.export_dtype})
+        _mark(model_dir, {"from": str(train_dir), "dtype": cfg.export_dtype, "weights": cfg.export_weights})
     report["model"] = str(model_dir)
     atomic_write_text(out / "pretrain_report.json", json.dumps(report, indent=1, default=str))
     return report

@@ -89,12 +89,16 @@ class ExportSpec:
 
 @dataclass
 class EvalSpec(StageSpec):
-    """enabled: evaluate at all. baseline: also evaluate the starting model (the table's
-    first row). every_round: evaluate each round's export (false: the last round only).
-    init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's ``judge.model``
-    when it does not exist (the demo)."""
+    """enabled: evaluate at all. benchmark: which evaluation runs, with ``config`` as its
+    YAML: ``compbench`` (``srum eval compbench all``, an MLLM judge) or ``miniworld``
+    (``srum eval miniworld all``, the miniature world's exact oracle; its prompts come from
+    its own config, so ``data.eval`` must stay empty). baseline: also evaluate the starting
+    model (the table's first row). every_round: evaluate each round's export (false: the
+    last round only). init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's
+    ``judge.model`` when it does not exist (the demo; compbench only)."""
 
     enabled: bool = True
+    benchmark: Literal["compbench", "miniworld"] = "compbench"
     baseline: bool = True
     every_round: bool = True
     init_tiny_judge: bool = False
@@ -103,11 +107,18 @@ class EvalSpec(StageSpec):
 @dataclass
 class ReportSpec:
     """enabled: write each round's HTML report. limit: image cards per report (None: all).
-    reward_mode: the reward map drawn (default: the training config's ``rewards.map``)."""
+    reward_mode: the reward map drawn (default: the training config's ``rewards.map``).
+    grid_rows: rows of the side-by-side picture grid of the evaluated models (base, round
+    1, ...: same prompts, same seeds; 0: no grid)."""
 
     enabled: bool = True
     limit: int | None = 50
     reward_mode: Literal["official", "signed"] | None = None
+    grid_rows: int = 24
+
+    def __post_init__(self):
+        if self.grid_rows < 0 or (self.limit is not None and self.limit < 0):
+            raise ValueError("report.limit and report.grid_rows must be >= 0")
 
 
 @dataclass
@@ -146,6 +157,11 @@ class PipelineConfig:
                 raise ValueError(f"{name}.config: give the stage's YAML (e.g. configs/data/{name}.yaml)")
         if self.eval.enabled and self.eval.config is None:
             raise ValueError("eval.config: give the evaluation YAML, or set eval.enabled: false")
+        if self.eval.enabled and self.eval.benchmark != "compbench" and self.data.eval:
+            raise ValueError(f"data.eval: the {self.eval.benchmark} evaluation takes its prompts from its own config "
+                             "(eval.config's prompts section); leave data.eval empty")
+        if self.eval.init_tiny_judge and self.eval.benchmark != "compbench":
+            raise ValueError("eval.init_tiny_judge: only the compbench evaluation has an MLLM judge")
 
 
 def _expand(value: Any, run_dir: str) -> Any:

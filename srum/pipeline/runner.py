@@ -226,13 +226,13 @@ class Pipeline:
         return self.execute(plan)
 
     def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
-        from ..evaluation.compbench import CompBenchConfig
+        benchmark = self.cfg.eval.benchmark
         data = merge(self._stage_yaml("eval"), {"model": {"path": model}, "out_dir": str(out)})
-        if self.cfg.data.eval:
+        if self.cfg.data.eval:   # compbench only (checked with the config)
             files, selection = self._datasets(self.cfg.data.eval, "prompts")
             data = merge(data, {"prompts": files, **selection})
-        plan = StagePlan("eval", out, self._checked(CompBenchConfig, data, "eval"), model_inputs,
-                         ["summary/summary.json", "summary/summary.md"], self._launched("eval compbench all"))
+        plan = StagePlan("eval", out, self._checked(eval_config_class(benchmark), data, "eval"), model_inputs,
+                         ["summary/summary.json", "summary/summary.md"], self._launched(f"eval {benchmark} all"))
         return self.execute(plan)
 
     def report(self, rd: Path, round_index: int, generate: StagePlan, judge: StagePlan, train: StagePlan,
@@ -317,6 +317,17 @@ class Pipeline:
             print(f"  {stage['stage']:<24} {stage['action']:<8} {stage['seconds']:>8.1f}s")
 
 
+def eval_config_class(benchmark: str):
+    """The config dataclass of ``srum eval <benchmark>`` (the pipeline's ``eval.benchmark``)."""
+    if benchmark == "compbench":
+        from ..evaluation.compbench import CompBenchConfig
+        return CompBenchConfig
+    if benchmark == "miniworld":
+        from ..miniworld.evaluation import MiniWorldEvalConfig
+        return MiniWorldEvalConfig
+    raise ConfigError(f"eval.benchmark: unknown benchmark {benchmark!r} (compbench or miniworld)")
+
+
 def write_round_report(out: Path, config: dict, title: str) -> int:
     """One round's HTML report: its images, regions, scores and reward maps, its loss
     curves, and the evaluation table of every model evaluated so far."""
@@ -336,11 +347,20 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
     elif evals:
         eval_summary = Path(evals[0][1]) / "summary" / "summary.md"
         eval_chart = Path(evals[0][1]) / "summary" / "scores.png"
+    figures = []
+    if len(evals) >= 2 and config.get("grid_rows", 0) > 0:
+        from ..visualize.grid import eval_grid
+        grid = eval_grid([(label, p) for label, p in evals], out / "compare" / "grid.png", limit=config["grid_rows"])
+        c = grid["changed"]
+        figures.append((f"Pictures side by side: {', '.join(grid['columns'])}",
+                        grid["path"], f"{grid['rows']} prompts, the same prompts and seeds in every column. Over all "
+                        f"evaluation images, {grid['columns'][-1]} vs {grid['columns'][0]}: {c['better']} better, "
+                        f"{c['worse']} worse, {c['same']} the same score."))
     metrics = [config["metrics"]] if Path(config["metrics"]).exists() else []
     render_report(config["rewards"], out, manifest=config["manifest"], metrics=metrics, eval_summary=eval_summary,
                   eval_chart=eval_chart if eval_chart and Path(eval_chart).exists() else None,
                   reward_config=RewardMapConfig(**fields), missing_global=missing, limit=config.get("limit"),
-                  title=title, progress=False)
+                  title=title, progress=False, figures=figures)
     return 0
 
 

@@ -18,11 +18,11 @@ import PIL.Image
 from .cleanup import CleanupConfig, clean_regions
 from .grounding import DEFAULT_QUESTION, GroundingConfig, ground_regions, select_kept
 from .sam import SamConfig, build_mask_generator, build_sam, propose_regions, write_tiny_sam
-from .self_boxes import SelfBoxesConfig, propose_self_boxes
+from .self_boxes import SelfBoxesConfig, ask_boxes, boxes_from_answer, propose_self_boxes
 
 __all__ = ["CleanupConfig", "DEFAULT_QUESTION", "GroundingConfig", "ProposalConfig", "SamConfig",
            "build_mask_generator", "build_sam", "clean_regions", "ground_regions",
-           "propose_for_image", "propose_regions", "select_kept", "write_tiny_sam", "SelfBoxesConfig"]
+           "propose_for_image", "propose_regions", "select_kept", "write_tiny_sam", "SelfBoxesConfig", "ask_boxes"]
 
 @dataclass
 class ProposalConfig:
@@ -37,7 +37,7 @@ class ProposalConfig:
 
 
 def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model,
-                      cfg: ProposalConfig) -> tuple[list[dict], dict]:
+                      cfg: ProposalConfig, self_boxes_answer: str | None = None) -> tuple[list[dict], dict]:
     """Proposals (SAM, or the model's own boxes) -> cleanup -> grounding for one image.
 
     Returns ``(regions, stats)``. ``regions``: every region that survived cleanup, kept
@@ -48,10 +48,14 @@ def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model
     ``stats``: ``{"sam_masks", "cleanup": {...}, "grounding": {...}, "regions", "kept"}``.
     ``model`` may be None when ``cfg.grounding.enabled`` is false and the backend is SAM;
     ``mask_generator`` may be None with the ``self`` backend (its regions have no mask,
-    the stats add the model's raw ``self_boxes_answer``)."""
+    the stats add the model's raw ``self_boxes_answer``; pass it when it was already asked,
+    e.g. for a batch of images with :func:`.self_boxes.ask_boxes`)."""
     extra = {}
     if cfg.backend == "self":
-        proposed, answer = propose_self_boxes(model, image, cfg.self_boxes)
+        if self_boxes_answer is None:
+            proposed, answer = propose_self_boxes(model, image, cfg.self_boxes)
+        else:
+            proposed, answer = boxes_from_answer(self_boxes_answer, image.size, cfg.self_boxes), self_boxes_answer
         extra["self_boxes_answer"] = answer
     else:
         proposed = propose_regions(image, mask_generator)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import PIL.Image
 
-__all__ = ["SelfBoxesConfig", "DEFAULT_BOXES_QUESTION", "parse_boxes", "propose_self_boxes"]
+__all__ = ["SelfBoxesConfig", "DEFAULT_BOXES_QUESTION", "parse_boxes", "propose_self_boxes", "ask_boxes",
+           "boxes_from_answer"]
 
 DEFAULT_BOXES_QUESTION = ("List every object in the picture from left to right. Write each one as its "
                           "colour and shape followed by its box (x1, y1, x2, y2) in pixels.")
@@ -59,14 +60,29 @@ def parse_boxes(text: str, image_size: tuple[int, int], coords_scale: int) -> li
     return out
 
 
+def ask_boxes(model, images: list[PIL.Image.Image], cfg: SelfBoxesConfig) -> list[str]:
+    """The model's answers to the boxes question for several images, in one batched
+    ``understand`` call (greedy: each answer is the one a single-image call gives)."""
+    if not images:
+        return []
+    return list(model.understand([[im] for im in images], [cfg.question] * len(images),
+                                 max_new_tokens=cfg.max_new_tokens))
+
+
+def boxes_from_answer(answer: str, image_size: tuple[int, int], cfg: SelfBoxesConfig) -> list[dict]:
+    """The regions an answer names, in the shape SAM's proposals have (``bbox``, ``mask``
+    None, ``area`` of the box, ``label`` the model's name for it)."""
+    regions = []
+    for item in parse_boxes(answer, image_size, cfg.coords_scale)[:cfg.max_regions]:
+        x1, y1, x2, y2 = item["bbox"]
+        regions.append({"bbox": item["bbox"], "mask": None, "area": (x2 - x1) * (y2 - y1),
+                        "predicted_iou": None, "stability_score": None, "label": item["label"]})
+    return regions
+
+
 def propose_self_boxes(model, image: PIL.Image.Image, cfg: SelfBoxesConfig) -> tuple[list[dict], str]:
     """Ask ``model`` (anything with Bagel's ``understand``) for boxes; returns the regions
     in the shape SAM's proposals have (``bbox``, ``mask`` None, ``area`` of the box,
     ``label`` the model's name for it) and the raw answer."""
     answer = model.understand(image, cfg.question, max_new_tokens=cfg.max_new_tokens)
-    regions = []
-    for item in parse_boxes(answer, image.size, cfg.coords_scale)[:cfg.max_regions]:
-        x1, y1, x2, y2 = item["bbox"]
-        regions.append({"bbox": item["bbox"], "mask": None, "area": (x2 - x1) * (y2 - y1),
-                        "predicted_iou": None, "stability_score": None, "label": item["label"]})
-    return regions, answer
+    return boxes_from_answer(answer, image.size, cfg), answer

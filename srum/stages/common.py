@@ -203,6 +203,27 @@ class ImageStage:
             return rows
         return process
 
+    def each_batch(self, handle: Callable[[list[ImageItem], list[Any]], list[dict]]
+                   ) -> Callable[[list[int]], list[dict]]:
+        """Like :meth:`each_image`, but ``handle(items, images)`` gets every readable image
+        of the batch at once and returns one row per item, in order."""
+        def process(indices: list[int]) -> list[dict]:
+            rows: dict[int, dict] = {}
+            items, images, where = [], [], []
+            for i in indices:
+                item = self.items[i]
+                try:
+                    images.append(open_image(item))
+                except (FileNotFoundError, ValueError) as err:
+                    rows[i] = error_row("image_id", item.image_id, str(err))
+                    continue
+                items.append(item)
+                where.append(i)
+            if items:
+                rows.update(zip(where, handle(items, images)))
+            return [rows[i] for i in indices]
+        return process
+
     def run(self, process_batch: Callable[[list[int]], list[dict]], *, config, retry_errors: bool,
             summarize: Callable[[list[dict]], dict] | None = None, batch_size: int = 1) -> dict:
         """:func:`run_items` over the manifest's images; returns the stage summary."""

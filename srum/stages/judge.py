@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from srum.judge.backends import load_judge_backend
-from srum.judge.scoring import JudgeConfig, judge_image
+from srum.judge.scoring import JudgeConfig, judge_images
 from srum.records import SCHEMA, RecordError, validate_record
 
 from .common import ImageItem, ImageStage, ModelConfig, error_row, lazy_model, relative_to
@@ -33,8 +33,11 @@ class JudgeStageConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
     retry_errors: bool = False               # redo unreadable images and records with a failed judgment
+    batch_size: int = 8                      # images per step; logits mode asks their questions together
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.judge.backend == "self" and self.model is None:
             raise ValueError("model.path is required for judge.backend=self (the model judges its own images)")
 
@@ -69,11 +72,13 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
     judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
                   "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
 
-    def judge_one(item: ImageItem, image) -> dict:
+    def usable_regions(item: ImageItem, image) -> tuple[list[dict], list[dict]] | str:
+        """The row's regions that can be judged (clipped) and those skipped with the reason,
+        or an error message when the row's regions are not a list."""
         regions, skipped = [], []
         raw_regions = item.row.get("regions") or []
         if not isinstance(raw_regions, list):
-            return error_row("image_id", item.image_id, f"{item.source}: 'regions' must be a list")
+            return f"{item.source}: 'regions' must be a list"
         for k, region in enumerate(raw_regions):
             problem = region_problem(region, image.width, image.height)
             if problem:
@@ -84,8 +89,9 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
                                          zip(region["bbox"], (image.width, image.height) * 2)]}
             region.setdefault("region_id", k)
             regions.append(region)
-        generator = torch.Generator().manual_seed(image_seed(cfg.seed, item.image_id, 0))
-        global_entry, region_entries = judge_image(backend(), image, item.prompt, regions, cfg.judge, generator)
+        return regions, skipped
+
+    def record(item: ImageItem, image, global_entry: dict, region_entries: list[dict], skipped: list[dict]) -> dict:
         record = {"schema": SCHEMA, "image_id": item.image_id, "prompt_id": item.prompt_id,
                   "sample_index": item.sample_index, "image_file": relative_to(item.image_path, out_dir),
                   "reference_image_file": None, "prompt": item.prompt, "category": item.category,
@@ -97,7 +103,25 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
         except RecordError as err:
             return error_row("image_id", item.image_id, f"invalid record: {err}")
 
-    return stage.run(stage.each_image(judge_one), config=cfg, retry_errors=cfg.retry_errors, summarize=summarize_rewards)
+    def judge_batch(items: list[ImageItem], images: list) -> list[dict]:
+        rows: list[dict | None] = [None] * len(items)
+        jobs, where, skips, generators = [], [], [], []
+        for i, (item, image) in enumerate(zip(items, images)):
+            usable = usable_regions(item, image)
+            if isinstance(usable, str):
+                rows[i] = error_row("image_id", item.image_id, usable)
+                continue
+            jobs.append((image, item.prompt, usable[0]))
+            skips.append(usable[1])
+            where.append(i)
+            generators.append(torch.Generator().manual_seed(image_seed(cfg.seed, item.image_id, 0)))
+        for i, skipped, (global_entry, region_entries) in zip(
+                where, skips, judge_images(backend(), jobs, cfg.judge, generators)):
+            rows[i] = record(items[i], images[i], global_entry, region_entries, skipped)
+        return rows
+
+    return stage.run(stage.each_batch(judge_batch), config=cfg, retry_errors=cfg.retry_errors,
+                     summarize=summarize_rewards, batch_size=cfg.batch_size)
 
 
 def _not_asked(region: dict) -> bool:

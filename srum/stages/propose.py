@@ -21,7 +21,7 @@ import functools
 from dataclasses import dataclass, field
 
 from srum import distributed
-from srum.proposals import ProposalConfig, build_mask_generator, propose_for_image
+from srum.proposals import ProposalConfig, ask_boxes, build_mask_generator, propose_for_image
 
 from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
 
@@ -33,8 +33,11 @@ class ProposeStageConfig:
     model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed
+    batch_size: int = 8                    # images per step; backend self asks their boxes in one call
 
     def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.proposals.backend == "self" and self.model is None:
             raise ValueError("model.path is required with proposals.backend=self (the model writes the boxes)")
         if self.proposals.grounding.enabled and self.model is None:
@@ -50,8 +53,8 @@ def run_propose(cfg: ProposeStageConfig) -> dict:
     model = lazy_model(cfg.model if uses_model else None, stage.info)
     out_dir = stage.out.out_dir
 
-    def propose_one(item: ImageItem, image) -> dict:
-        regions, stats = propose_for_image(image, item.prompt, sam(), model(), cfg.proposals)
+    def propose_one(item: ImageItem, image, answer: str | None = None) -> dict:
+        regions, stats = propose_for_image(image, item.prompt, sam(), model(), cfg.proposals, answer)
         return {"image_id": item.image_id, "prompt_id": item.prompt_id, "sample_index": item.sample_index,
                 "image_file": relative_to(item.image_path, out_dir), "prompt": item.prompt,
                 "category": item.category, "width": image.width, "height": image.height,
@@ -64,4 +67,11 @@ def run_propose(cfg: ProposeStageConfig) -> dict:
                 "num_images_without_kept_region": sum(r["stats"]["kept"] == 0 for r in rows),
                 "num_sam_masks": sum(r["stats"]["sam_masks"] for r in rows)}
 
-    return stage.run(stage.each_image(propose_one), config=cfg, retry_errors=cfg.retry_errors, summarize=summarize)
+    process = stage.each_image(propose_one)
+    if cfg.proposals.backend == "self":
+        # the boxes question of a whole batch in one batched (greedy) understand call
+        process = stage.each_batch(lambda items, images: [
+            propose_one(item, image, answer) for item, image, answer in
+            zip(items, images, ask_boxes(model(), images, cfg.proposals.self_boxes))])
+    return stage.run(process, config=cfg, retry_errors=cfg.retry_errors, summarize=summarize,
+                     batch_size=cfg.batch_size)

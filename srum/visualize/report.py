@@ -320,7 +320,18 @@ def _training_section(runs: list[MetricsRun], out_dir: Path) -> str:
     return "".join(parts)
 
 
-def _evaluation_section(summary: Path | None, chart: Path | None, out_dir: Path) -> str:
+def _copy_in(source: Path, out_dir: Path) -> Path:
+    """Copy ``source`` into ``out_dir/eval`` (unless it is that file); returns the relative path."""
+    relative = Path("eval") / safe_file_name(source.name, set())
+    target = out_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() and os.path.samefile(source, target)):
+        shutil.copyfile(source, target)
+    return relative
+
+
+def _evaluation_section(summary: Path | None, chart: Path | None, out_dir: Path,
+                        figures: Sequence[tuple[str, Path, str | None]] = ()) -> str:
     parts = ['<section id="evaluation"><h2>Evaluation</h2><div class="grid">']
     if summary is not None:
         text = summary.read_text(encoding="utf-8")
@@ -333,13 +344,14 @@ def _evaluation_section(summary: Path | None, chart: Path | None, out_dir: Path)
             body = markdown_tables_html(text)
         parts.append(f'<div><p class="meta">{_esc(summary.name)}</p>{body}</div>')
     if chart is not None:
-        relative = Path("eval") / safe_file_name(chart.name, set())
-        target = out_dir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not (target.exists() and os.path.samefile(chart, target)):
-            shutil.copyfile(chart, target)
+        relative = _copy_in(chart, out_dir)
         parts.append(f'<div class="chart"><img src="{_src(relative)}" alt="evaluation chart"></div>')
-    parts.append("</div></section>")
+    parts.append("</div>")
+    for title, path, caption in figures:
+        relative = _copy_in(path, out_dir)
+        parts.append(f'<h3>{_esc(title)}</h3>' + (f'<p class="meta">{_esc(caption)}</p>' if caption else "")
+                     + f'<div class="chart"><img src="{_src(relative)}" alt="{_esc(title)}"></div>')
+    parts.append("</section>")
     return "".join(parts)
 
 
@@ -412,7 +424,8 @@ def render_report(rewards, out_dir: str | os.PathLike, *, manifest: str | os.Pat
                   metrics: Sequence[str | os.PathLike] | str | os.PathLike = (),
                   eval_summary: str | os.PathLike | None = None, eval_chart: str | os.PathLike | None = None,
                   reward_config=None, missing_global: str | None = None, limit: int | None = None,
-                  title: str | None = None, progress: bool = False) -> Path:
+                  title: str | None = None, progress: bool = False,
+                  figures: Sequence[tuple[str, str | os.PathLike, str | None]] = ()) -> Path:
     """Write ``out_dir/report.html`` with its pictures; returns the report's path.
 
     Args:
@@ -422,6 +435,9 @@ def render_report(rewards, out_dir: str | os.PathLike, *, manifest: str | os.Pat
         metrics: the trainer's ``metrics.jsonl`` file(s), one loss plot each.
         eval_summary: an evaluation summary, ``.json`` (rendered as tables) or markdown.
         eval_chart: an image (e.g. the evaluation bar chart), copied into ``out_dir/eval``.
+        figures: more images for the evaluation section, ``(title, path, caption or None)``
+            each (e.g. the side-by-side grid of :func:`srum.visualize.grid.eval_grid`), copied
+            into ``out_dir/eval``.
         reward_config: :class:`RewardMapConfig`, the training config's ``rewards`` section, or
             None (official defaults); missing_global: see :func:`pictures.draw_card`.
         limit: cards for the first ``limit`` records only (the summary counts all).
@@ -447,7 +463,9 @@ def render_report(rewards, out_dir: str | os.PathLike, *, manifest: str | os.Pat
     manifest_rows, manifest_errors = read_cot_manifest(manifest) if manifest is not None else (None, [])
     summary_path = Path(eval_summary) if eval_summary is not None else None
     chart_path = Path(eval_chart) if eval_chart is not None else None
-    for label, path in (("evaluation summary", summary_path), ("evaluation chart", chart_path)):
+    figures = [(str(t), Path(p), c) for t, p, c in figures]
+    for label, path in (("evaluation summary", summary_path), ("evaluation chart", chart_path),
+                        *(("figure", p) for _, p, _ in figures)):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{label} not found: {path}")
 
@@ -497,8 +515,8 @@ def render_report(rewards, out_dir: str | os.PathLike, *, manifest: str | os.Pat
              _summary_section(records, read_errors, map_config, missing, len(shown), failed, manifest_errors)]
     if runs:
         parts.append(_training_section(runs, out_dir))
-    if summary_path is not None or chart_path is not None:
-        parts.append(_evaluation_section(summary_path, chart_path, out_dir))
+    if summary_path is not None or chart_path is not None or figures:
+        parts.append(_evaluation_section(summary_path, chart_path, out_dir, figures))
     parts.append(f'<section id="images"><h2>Judged images ({len(shown)} of {len(records)})</h2>')
     if index_rows:
         parts.append("<details><summary>Index</summary><table><tr><th>image</th><th>category</th><th>global</th>"
