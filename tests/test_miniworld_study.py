@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from srum.miniworld import study as S
+from srum.miniworld.study_report import COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +64,14 @@ def test_study_end_to_end(mini_model, tmp_path, monkeypatch, capsys):
     data = json.loads((out / "study.json").read_text())
     assert data["variants"] == ["base", "sft", "srum_official"]
     for v in data["variants"]:
-        for c in S.COLUMNS:
+        for c in COLUMNS:
             acc = data["accuracy"][v][c]
             assert isinstance(acc["mean"], float) and 0.0 <= acc["mean"] <= 100.0 and acc["n"] == 1
         u = data["understanding"][v]
         assert isinstance(u["mean"], float) and 0.0 <= u["mean"] <= 100.0
     for v in ("sft", "srum_official"):
         paired = data["paired_difference"][v]
-        for c in S.COLUMNS:
+        for c in COLUMNS:
             d = paired["columns"][c]
             expected = data["per_seed"][v]["0"][c] - data["per_seed"]["base"]["0"][c]
             assert math.isclose(d["per_seed"]["0"], expected, abs_tol=1e-9)
