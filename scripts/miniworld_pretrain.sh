@@ -9,7 +9,9 @@
 # seconds and the run is finished at its last checkpoint: the schedule is constant after
 # warmup and the weights exported are the EMA's, so a run stopped at step N is the run of
 # N steps (TRAIN.md, "The miniature world"); the step count is in OUT_DIR/train/done.json.
-# Rerunning with the same arguments continues where it stopped.
+# Rerunning with the same arguments continues where it stopped. With a budget, the config's
+# train_overrides are replaced (by the step count), so give training settings in its
+# train_config YAML instead.
 set -euo pipefail
 OUT_DIR="${1:?usage: miniworld_pretrain.sh OUT_DIR [TRAIN_SECONDS] [KEY=VALUE ...]}"
 BUDGET="${2:-0}"

@@ -129,7 +129,21 @@ def test_autoencoder_objective_learns_and_normalises():
     assert curve[-1]["loss"] < 0.85 * curve[0]["loss"]
     moments = latent_moments(ae, images)
     assert moments["psnr"] > 12.0
-    assert abs(moments["latent_std"] - 1.0) < abs(curve[0]["latent_std"] - 1.0) + 0.5
+
+
+def test_autoencoder_moment_term_is_the_scaled_latents_distance_from_unit_moments():
+    from srum.models.bagel.autoencoder import AutoEncoder, AutoEncoderParams
+    from srum.training.autoencoder import AutoencoderTrainConfig, autoencoder_loss
+    torch.manual_seed(0)
+    ae = AutoEncoder(AutoEncoderParams(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=4))
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    losses = [autoencoder_loss(ae, images, AutoencoderTrainConfig(kl_weight=0.0, moment_weight=w),
+                               torch.Generator().manual_seed(1))[0] for w in (0.0, 1.0)]
+    with torch.no_grad():
+        s = ae.params.scale_factor * (ae.encoder(images).chunk(2, dim=1)[0] - ae.params.shift_factor)
+    expected = s.mean() ** 2 + (s.std() - 1.0) ** 2
+    torch.testing.assert_close(losses[1] - losses[0], expected, rtol=1e-4, atol=1e-6)
+    assert float(expected) > 0.1   # a random encoder is far from unit moments: the term matters
 
 
 def test_transforms_follow_the_model_config():

@@ -14,6 +14,7 @@ rebuilt from scratch (rendering is minutes at most, so partial output is not res
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +26,8 @@ import numpy as np
 from ..fileio import atomic_write_text
 from . import tasks
 from . import world as W
+
+log = logging.getLogger("srum.miniworld")
 
 __all__ = ["DataConfig", "write_training_data", "item_rng", "text_corpus"]
 
@@ -146,6 +149,7 @@ def write_training_data(out_dir: str | os.PathLike, cfg: DataConfig) -> dict:
         if done.get("config") == asdict(cfg):
             return done
     if out.exists():
+        log.info("data: %s is unfinished or was made with another config: rendering it again", out)
         shutil.rmtree(out)
     for sub in ("prompt", "vqa", "judge"):
         (out / "images" / sub).mkdir(parents=True, exist_ok=True)

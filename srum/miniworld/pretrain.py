@@ -142,7 +142,8 @@ def build_initial_model(cfg: PretrainConfig, data_dir: Path, out: Path, device: 
     vocab = write_tiny_tokenizer(out, vocab_size=int(spec["tokenizer"]["vocab_size"]), corpus=text_corpus(data_dir))
     model = build_tiny_model(vocab, spec, seed=cfg.seed)
 
-    images = _load_images(data_dir, cfg.autoencoder_images)
+    # a reused autoencoder is only measured (on the held-out slice): no need to read the rest
+    images = _load_images(data_dir, 512 * 10 if cfg.autoencoder_from else cfg.autoencoder_images)
     gen = torch.Generator().manual_seed(cfg.autoencoder.seed)
     order = torch.randperm(len(images), generator=gen)
     n_held = min(512, len(images) // 10)   # a held-out slice for the reconstruction figure
