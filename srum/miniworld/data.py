@@ -109,16 +109,17 @@ def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
         category = W.CATEGORIES[i % len(W.CATEGORIES)]
         spec = W.sample_prompt(category, rng, "train")
         scene = W.sample_scene(spec, rng)
+        violation = None
         if rng.random() < cfg.corrupt_prob:
             try:
-                scene, _ = W.sample_negative_scene(spec, rng)
-            except RuntimeError:  # no violating layout found for this prompt: keep the good one
-                pass
+                scene, violation = W.sample_negative_scene(spec, rng)
+            except RuntimeError:  # no violating layout for this prompt: the good one stays (counted)
+                violation = "none found"
         image = W.render(scene)
         rel = _save(image, out, f"images/judge/{i:07d}.png")
         for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng)):
             rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": rel, "question": question,
-                         "answer": answer, "meta": {"kind": kind}})
+                         "answer": answer, "meta": {"kind": kind, "violation": violation}})
     return rows
 
 
@@ -165,7 +166,13 @@ def write_training_data(out_dir: str | os.PathLike, cfg: DataConfig) -> dict:
     kinds: dict[str, int] = {}
     for r in vqa:
         kinds[r["meta"]["kind"]] = kinds.get(r["meta"]["kind"], 0) + 1
+    violations: dict[str, int] = {}   # judge scenes by how they violate their prompt (per question row)
+    for r in vqa:
+        v = r["meta"].get("violation")
+        if v is not None:
+            violations[v] = violations.get(v, 0) + 1
     summary = {"config": asdict(cfg), "t2i": len(t2i), "cot": len(cot), "vqa": len(vqa), "vqa_kinds": kinds,
+               "judge_violations": violations,
                "files": ["t2i.jsonl", "cot.jsonl", "vqa.jsonl"]}
     atomic_write_text(marker, json.dumps(summary, indent=1))
     return summary
