@@ -36,6 +36,7 @@ from srum.models.bagel.config import CheckpointError
 from srum.models.bagel.model import Bagel
 from srum.training.checkpointing import (CONFIG_FILE, TRAIN_STATE, checkpoint_metadata, is_complete,
                                          latest_checkpoint, load_without_process_group)
+from srum.training.dcp_safe import checkpoint_problem, read_train_state
 from srum.training.config import TrainConfig
 from srum.training.parallel import freeze
 
@@ -43,9 +44,14 @@ OUT_WEIGHTS = "ema"   # published layout: loaders read ema.safetensors
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A step directory, or a run's ``checkpoints`` root / run directory (-> its latest)."""
+    """A step directory, or a run's ``checkpoints`` root / run directory (-> its newest
+    whole checkpoint: a broken one is passed over with a warning). A step directory that
+    is broken (truncated shard or metadata, ...) is an error naming the bad file."""
     path = Path(path)
     if path.is_dir() and is_complete(path):
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"cannot export {path}: {problem}")
         return path
     for root in (path, path / "checkpoints"):
         if root.is_dir():
@@ -157,7 +163,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, base_model: str | os.PathLi
         (out / f"{OUT_WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
     _copy_base_files(base, out)
 
-    train_state = json.loads((ckpt / TRAIN_STATE).read_text(encoding="utf-8"))
+    train_state = read_train_state(ckpt)
     n_trained = sum(1 for k in source if source[k] is not None)
     provenance = {"checkpoint": str(ckpt.resolve()), "step": train_state.get("step"), "weights": group,
                   "base_model": str(base_model), "base_model_dir": str(base), "dtype": str(dtype).replace("torch.", ""),

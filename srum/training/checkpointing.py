@@ -38,8 +38,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, remove_temp_files
 from ..models.bagel.config import CheckpointError
+from .dcp_safe import SafeReader, checkpoint_problem, read_metadata, read_train_state
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +94,28 @@ def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The checkpoint ``latest`` names; if that pointer is missing or names something
-    incomplete, the newest complete checkpoint (with a warning); None when there is none."""
+    """The newest checkpoint that is whole: the one ``latest`` names, else the newest
+    complete one. A checkpoint that is broken (truncated or missing ``.metadata`` /
+    ``*.distcp``, an unreadable trainer state, a metadata pickle that names anything but
+    checkpoint metadata) is passed over with a warning naming the bad file, falling back
+    to the one before it; None when no whole checkpoint is left."""
     root = Path(root)
+    candidates = [p for _, p in reversed(list_checkpoints(root))]
     pointer = root / LATEST
     if pointer.is_file():
-        name = pointer.read_text(encoding="utf-8").strip()
-        candidate = root / name
-        if name and "/" not in name and is_complete(candidate):
+        name = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        named = root / name
+        if name and "/" not in name and is_complete(named):
+            candidates = [named] + [p for p in candidates if p != named]
+        else:
+            log.warning("%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, name)
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
             return candidate
-        log.warning("%s names %r, which is not a complete checkpoint; using the newest complete one", pointer, name)
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
+        log.warning("checkpoint %s is broken and is skipped: %s; falling back to the previous complete checkpoint",
+                    candidate, problem)
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,7 +132,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def remove_stale(root: str | os.PathLike) -> list[Path]:
-    """Delete ``*.tmp`` checkpoint directories an interrupted save left (rank 0 only)."""
+    """Delete ``*.tmp`` checkpoint directories and temporary files an interrupted save
+    left (rank 0 only; the caller holds the output directory's lock, so no live run
+    is writing them)."""
     root = Path(root)
     removed = []
     if _rank() == 0 and root.is_dir():
@@ -129,6 +142,7 @@ def remove_stale(root: str | os.PathLike) -> list[Path]:
             if p.is_dir() and p.name.startswith(STEP_PREFIX) and p.name.endswith(TMP_SUFFIX):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
+        removed += remove_temp_files(root)
     _barrier()
     return removed
 
@@ -197,6 +211,9 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, ema) -> dict:
     if not is_complete(path):
         raise CheckpointError(f"{path}: not a complete training checkpoint "
                               f"(needs {DCP_METADATA} and {TRAIN_STATE})")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"cannot resume from {path}: {problem}")
     state = _training_state(model, optimizer, ema)
     saved = checkpoint_metadata(path)
     # Trainable parameters that never received a gradient (e.g. the understanding
@@ -209,27 +226,37 @@ def load_checkpoint(path: str | os.PathLike, model, optimizer, ema) -> dict:
         if not any(k.startswith("ema.") for k in saved):
             log.warning("%s has no EMA state: the EMA starts from the current weights", path)
             del state["ema"]
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, storage_reader=SafeReader(path))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
     if "ema" in state:
         ema.load_state_dict(state["ema"])
-    train_state = json.loads((path / TRAIN_STATE).read_text(encoding="utf-8"))
+    train_state = read_train_state(path)
     rng_file = path / "rng" / f"rank-{_rank():05d}.pt"
     if rng_file.is_file() and train_state.get("world_size") == (dist.get_world_size() if dist.is_initialized() else 1):
-        _set_rng_state(torch.load(rng_file, weights_only=True))
+        _restore_rng(rng_file)
     return train_state
 
 
+def _restore_rng(rng_file: Path) -> None:
+    # the RNG state only matters for bit-identical continuation; a damaged file is not
+    # worth refusing a resume over, but it is said
+    try:
+        _set_rng_state(torch.load(rng_file, weights_only=True))
+    except Exception as err:  # torch.load raises many types for a damaged file
+        log.warning("%s: unreadable RNG state (%s); the random streams restart from the seed", rng_file, err)
+
+
 def checkpoint_metadata(path: Path) -> dict:
-    return dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    """The tensor/bytes metadata of every entry, read without running pickled code."""
+    return read_metadata(path).state_dict_metadata
 
 
 def load_without_process_group(state: dict, path: Path) -> None:
     """dcp.load without a process group (it warns that it assumes so: we mean it)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=path, no_dist=True)
+        dcp.load(state, storage_reader=SafeReader(path), no_dist=True)
 
 
 def read_checkpoint_tensors(checkpoint_dir: str | os.PathLike, group: str = "model") -> dict[str, torch.Tensor]:
