@@ -186,9 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from srum.distributed import PeerFailed, die_with_torchrun
     from srum.models.bagel.config import CheckpointError
+    die_with_torchrun()
     try:
         return args.func(args)
+    except PeerFailed as err:  # rank 0 printed the reason; one line here, not a backend traceback
+        print(f"srum {args.command}: {err}", file=sys.stderr)
+        return 1
     except (CheckpointError, ValueError, OSError) as err:  # ConfigError is a ValueError
         print(f"srum {args.command}: error: {err}", file=sys.stderr)
         return 2

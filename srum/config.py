@@ -11,6 +11,7 @@ falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -119,19 +120,35 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _finite_float(value, where)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+def _finite_float(value: Any, where: str) -> float:
+    """A float setting: a number (or a string YAML 1.1 left unparsed, such as "2e-5"),
+    finite: NaN and infinity would only fail much later, inside torch, without the field."""
+    if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _post_init_error(where: str, cls: type, err: Exception) -> ConfigError:
+    """A ``__post_init__`` check as a ConfigError prefixed with its section once (the
+    check may name the section itself: "train: train: ..." helps nobody)."""
+    prefix = where or cls.__name__
+    message = str(err)
+    return ConfigError(message if message.startswith(f"{prefix}:") else f"{prefix}: {message}")
 
 
 def build(cls: type[T], data: dict, where: str = "") -> T:
@@ -153,7 +170,7 @@ def build(cls: type[T], data: dict, where: str = "") -> T:
     try:
         obj = cls(**kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ checks
-        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+        raise _post_init_error(where, cls, err) from None
     return obj
 
 

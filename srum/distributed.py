@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +70,60 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class PeerFailed(RuntimeError):
+    """Another rank stopped the run; it printed the reason itself."""
+
+
+def on_main(fn, info: DistInfo, errors: tuple[type[BaseException], ...] = (ValueError, OSError)):
+    """Run ``fn()`` on rank 0 only and return its result there (None elsewhere). When it
+    raises one of ``errors``, rank 0 re-raises it and every other rank raises
+    :class:`PeerFailed` with a one-line message, instead of waiting forever in the next
+    collective (or dying with a backend traceback when rank 0 exits)."""
+    result, message = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except errors as err:
+            message = str(err) or type(err).__name__
+            if not (info.enabled and dist.is_initialized()):
+                raise
+            _share([message])
+            raise
+    if info.enabled and dist.is_initialized():
+        box = [message]
+        _share(box)
+        if box[0] is not None:
+            raise PeerFailed(f"rank {info.rank}: stopped because rank 0 failed (its error is above)")
+    return result
+
+
+def _share(box: list) -> None:
+    dist.broadcast_object_list(box, src=0)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel (Linux) to send ``sig`` to this process when its parent ends.
+
+    torchrun starts its workers in sessions of their own, so a killed torchrun (or a
+    killed launcher) would leave them running, still writing the output directory;
+    with this they stop with it. Safe to call in a ``preexec_fn``. No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent was already gone before the request took effect
+        os.kill(os.getpid(), sig)
+
+
+def die_with_torchrun() -> None:
+    """:func:`die_with_parent` when this process is a torchrun worker."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()

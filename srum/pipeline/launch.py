@@ -7,12 +7,19 @@ torchrun with any number of processes exactly as the stage commands do by hand.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from ..distributed import die_with_parent
 from .config import LauncherConfig
+
+# how long a stopped stage gets to end on SIGTERM before its process group is killed
+STOP_GRACE_S = 20.0
 
 _MULTINODE_FLAGS = ("--nnodes", "--rdzv", "--master", "--node", "--standalone")
 
@@ -32,22 +39,63 @@ def srum_command(launcher: LauncherConfig, args: list[str], distributed: bool) -
             *torchrun, "-m", "srum", *args]
 
 
+class Stopped(SystemExit):
+    """The launcher got SIGTERM or SIGHUP (e.g. the job scheduler ended it)."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGTERM / SIGHUP into :class:`Stopped` while a stage runs (main thread only),
+    so the clean-up below runs instead of the launcher vanishing and orphaning the stage."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def end_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the stage's process group (torchrun and anything in its group), then
+    SIGKILL what is left after ``grace_s``. torchrun's workers run in sessions of their
+    own; they end with torchrun (:func:`~srum.distributed.die_with_torchrun`)."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], cwd: str | None = None) -> int:
-    """Run ``command``, echo its output and append it to ``log_path``; returns the exit code."""
+    """Run ``command``, echo its output and append it to ``log_path``; returns the exit code.
+    The command runs in a process group of its own that is ended when the launcher is
+    stopped (Ctrl-C, SIGTERM, SIGHUP), and it gets SIGTERM if the launcher is killed."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log, _stop_on_signals():
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-                                text=True, errors="replace", bufsize=1)
+                                text=True, errors="replace", bufsize=1, start_new_session=True,
+                                preexec_fn=die_with_parent)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 sys.stdout.write(f"    {line}")
                 log.write(line)
             return proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
+        except BaseException:
+            end_process_group(proc)
             raise

@@ -19,6 +19,7 @@ from srum.distributed import DistInfo
 
 from srum.fileio import iter_jsonl
 
+from .outdir import take_output_dir
 from .shards import ERROR_KEY, ShardedOutput
 
 
@@ -225,21 +226,37 @@ class ImageStage:
         return process
 
     def run(self, process_batch: Callable[[list[int]], list[dict]], *, config, retry_errors: bool,
-            summarize: Callable[[list[dict]], dict] | None = None, batch_size: int = 1) -> dict:
+            summarize: Callable[[list[dict]], dict] | None = None, batch_size: int = 1,
+            settings: dict | None = None, fresh: bool = False) -> dict:
         """:func:`run_items` over the manifest's images; returns the stage summary."""
         return run_items(self.name, self.out, process_batch, batch_size=batch_size, info=self.info, config=config,
-                         retry_errors=retry_errors, summarize=summarize, input_errors=self.input_errors)
+                         retry_errors=retry_errors, summarize=summarize, input_errors=self.input_errors,
+                         settings=settings, fresh=fresh)
 
 
 def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]], *, batch_size: int,
               info: DistInfo, config, retry_errors: bool = False, summarize: Callable[[list[dict]], dict] | None = None,
-              input_errors: Sequence[str] = ()) -> dict:
+              input_errors: Sequence[str] = (), settings: dict | None = None, fresh: bool = False) -> dict:
     """The loop shared by generate / propose / judge.
 
     ``process_batch(indices)`` gets indices into ``out.keys`` and returns one row per
     index (a result row, or :func:`error_row` for an item that failed on bad input).
-    Returns the summary written to ``summary.json``."""
+    ``settings``: the result-changing settings (:func:`~srum.stages.outdir.result_settings`),
+    recorded with the output; a resume with other ones is refused. ``fresh``: move the
+    earlier outputs aside and start over. Returns the summary written to ``summary.json``."""
     started = time.time()
+    lock = take_output_dir(out.out_dir, name, info, settings, fresh)
+    try:
+        return _run_locked(name, out, process_batch, batch_size, info, config, retry_errors, summarize,
+                           input_errors, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]], batch_size: int,
+                info: DistInfo, config, retry_errors: bool, summarize: Callable[[list[dict]], dict] | None,
+                input_errors: Sequence[str], started: float) -> dict:
     if out.is_complete() and not retry_errors:
         summary = json.loads(out.summary_path.read_text())
         log(info, f"srum {name}: {out.out_dir} is complete ({summary['num_ok']} rows, "
@@ -249,37 +266,51 @@ def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]]
         out.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, out.out_dir / "config.yaml")
     done = out.done_keys(retry_errors)
-    todo = out.my_todo(done)
+    batches = out.my_batches(done, batch_size)
     log(info, f"srum {name}: {len(out.keys)} items, {len(out.keys) - len(done)} to do over "
               f"{info.world_size} process(es)")
-    if todo:
-        from tqdm import tqdm
-        writer = out.writer()
-        bar = tqdm(total=len(todo), desc=f"{name} (rank {info.rank})", disable=not info.is_main, dynamic_ncols=True)
-        try:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                for row in process_batch(batch):
-                    writer.write(row)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-            writer.close()
+    if batches:
+        _process_batches(name, out, process_batch, batches, info)
     distributed.barrier()
     summary = {}
     if info.is_main:
-        extra = {"input_errors": list(input_errors)[:100], "num_input_errors": len(input_errors)}
-        result = out.merge(extra, started, summarize)
-        for line in result.bad_lines[:20]:
-            log(info, f"srum {name}: ignored {line}")
-        summary = json.loads(out.summary_path.read_text())
-        retry = summary.get("num_retryable", 0)
-        log(info, f"srum {name}: {summary['num_ok']} done"
-                  f"{f' ({retry} of them failed judgments that retry_errors would redo)' if retry else ''}"
-                  f", {summary['num_errors']} failed"
-                  f"{', ' + str(summary['num_missing']) + ' missing' if summary['num_missing'] else ''}"
-                  f" -> {out.manifest_path}")
-        for err in result.errors[:20]:
-            log(info, f"srum {name}: failed {err.get(out.key_field)}: {err[ERROR_KEY]}")
+        summary = _merge_and_report(name, out, info, input_errors, started, summarize)
     distributed.barrier()
+    return summary
+
+
+def _process_batches(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]],
+                     batches: list[tuple[list[int], set[int]]], info: DistInfo) -> None:
+    """Run every batch whole (its composition then never depends on what was done before)
+    and append the rows of the items not done yet."""
+    from tqdm import tqdm
+    writer = out.writer()
+    bar = tqdm(total=sum(len(todo) for _, todo in batches), desc=f"{name} (rank {info.rank})",
+               disable=not info.is_main, dynamic_ncols=True)
+    try:
+        for batch, todo in batches:
+            for i, row in zip(batch, process_batch(batch)):
+                if i in todo:
+                    writer.write(row)
+            bar.update(len(todo))
+    finally:
+        bar.close()
+        writer.close()
+
+
+def _merge_and_report(name: str, out: ShardedOutput, info: DistInfo, input_errors: Sequence[str], started: float,
+                      summarize: Callable[[list[dict]], dict] | None) -> dict:
+    extra = {"input_errors": list(input_errors)[:100], "num_input_errors": len(input_errors)}
+    result = out.merge(extra, started, summarize)
+    for line in result.bad_lines[:20]:
+        log(info, f"srum {name}: ignored {line}")
+    summary = json.loads(out.summary_path.read_text())
+    retry = summary.get("num_retryable", 0)
+    log(info, f"srum {name}: {summary['num_ok']} done"
+              f"{f' ({retry} of them failed judgments that retry_errors would redo)' if retry else ''}"
+              f", {summary['num_errors']} failed"
+              f"{', ' + str(summary['num_missing']) + ' missing' if summary['num_missing'] else ''}"
+              f" -> {out.manifest_path}")
+    for err in result.errors[:20]:
+        log(info, f"srum {name}: failed {err.get(out.key_field)}: {err[ERROR_KEY]}")
     return summary

@@ -26,6 +26,7 @@ from srum.distributed import DistInfo
 
 from .common import ModelConfig, lazy_model, log_skipped, run_items
 from .images import DrawnImage, image_batch_processor, png_saver
+from .outdir import result_settings
 from .shards import ShardedOutput
 
 
@@ -65,6 +66,7 @@ class GenerateConfig:
     seed: int = 0                              # base seed; see image_seed()
     batch_size: int = 1                        # prompts per generate call on one process
     retry_errors: bool = False                 # redo items recorded as failed
+    fresh: bool = False                        # move earlier outputs of out_dir aside and start over
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -148,4 +150,9 @@ def run_generate(cfg: GenerateConfig) -> dict:
         return {"num_prompts": len(work.prompts), "num_images_per_prompt": cfg.num_images_per_prompt}
 
     return run_items("generate", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors)
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors,
+                     settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)
+
+
+# what an image depends on; the batch size too: a batched forward may round differently
+RESULT_FIELDS = ("model", "seed", "batch_size", "sampling")

@@ -23,6 +23,10 @@ from srum.records import SCHEMA, RecordError, validate_record
 
 from .common import ImageItem, ImageStage, ModelConfig, error_row, lazy_model, relative_to
 from .generate import image_seed
+from .outdir import result_settings
+
+# what a record depends on (the batch size too: batched questions may round differently)
+RESULT_FIELDS = ("model", "judge", "seed", "batch_size")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class JudgeStageConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
     retry_errors: bool = False               # redo unreadable images and records with a failed judgment
+    fresh: bool = False                      # move earlier outputs of out_dir aside and start over
     batch_size: int = 8                      # images per step; logits mode asks their questions together
 
     def __post_init__(self):
@@ -121,7 +126,8 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
         return rows
 
     return stage.run(stage.each_batch(judge_batch), config=cfg, retry_errors=cfg.retry_errors,
-                     summarize=summarize_rewards, batch_size=cfg.batch_size)
+                     summarize=summarize_rewards, batch_size=cfg.batch_size,
+                     settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)
 
 
 def _not_asked(region: dict) -> bool:

@@ -24,6 +24,10 @@ from srum import distributed
 from srum.proposals import ProposalConfig, ask_boxes, build_mask_generator, propose_for_image
 
 from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
+from .outdir import result_settings
+
+# what a row depends on (the batch size too: batched model calls may round differently)
+RESULT_FIELDS = ("model", "proposals", "batch_size")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ProposeStageConfig:
     model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed
+    fresh: bool = False                    # move earlier outputs of out_dir aside and start over
     batch_size: int = 8                    # images per step; backend self asks their boxes in one call
 
     def __post_init__(self):
@@ -74,4 +79,4 @@ def run_propose(cfg: ProposeStageConfig) -> dict:
             propose_one(item, image, answer) for item, image, answer in
             zip(items, images, ask_boxes(model(), images, cfg.proposals.self_boxes))])
     return stage.run(process, config=cfg, retry_errors=cfg.retry_errors, summarize=summarize,
-                     batch_size=cfg.batch_size)
+                     batch_size=cfg.batch_size, settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)

@@ -10,9 +10,13 @@ Output directory layout::
     <out>/errors.jsonl             items that failed, with the reason (merged)
     <out>/summary.json             counts, timing, complete flag
 
-Process r of W takes items ``r, r + W, r + 2W, ...`` of the full item list (a
-deterministic shard that does not depend on what is already done), skips every item
-whose key appears in any part file, and appends a row when an item is finished. The
+The full item list is cut into batches of ``batch_size`` consecutive items, and process r
+of W takes batches ``r, r + W, r + 2W, ...`` (a deterministic shard that does not depend
+on what is already done). So every batch holds the same items whatever the number of
+processes, and batched computation (which may round differently from unbatched) gives
+byte-identical results on 1 or N processes. A batch with anything left to do is run
+whole; only the rows of its items not done yet are appended, so a resumed batch is
+computed exactly as an uninterrupted one. The
 row is written after the item's files (written atomically by the stage), so a row
 always points at complete files. A process killed mid-row leaves a truncated last
 line: it is ignored on reading and cut off before the next append, so a rerun redoes
@@ -148,9 +152,21 @@ class ShardedOutput:
         return bool(summary.get("complete")) and summary.get("num_items") == len(self.keys)
 
     # ------------------------------------------------------------------ writing
-    def my_todo(self, done: set[str]) -> list[int]:
+    def my_batches(self, done: set[str], batch_size: int = 1) -> list[tuple[list[int], set[int]]]:
+        """This process's batches with something to do: ``(indices of the whole batch,
+        the indices in it whose key is not in done)``; see the module docstring."""
+        out = []
+        starts = range(self.info.rank * batch_size, len(self.keys), self.info.world_size * batch_size)
+        for start in starts:
+            batch = list(range(start, min(start + batch_size, len(self.keys))))
+            todo = {i for i in batch if self.keys[i] not in done}
+            if todo:
+                out.append((batch, todo))
+        return out
+
+    def my_todo(self, done: set[str], batch_size: int = 1) -> list[int]:
         """Indices (into ``keys``) of this process's shard that are not in ``done``."""
-        return [i for i in range(self.info.rank, len(self.keys), self.info.world_size) if self.keys[i] not in done]
+        return [i for batch, todo in self.my_batches(done, batch_size) for i in batch if i in todo]
 
     def writer(self) -> PartWriter:
         return PartWriter(self.parts_dir / f"rank-{self.info.rank:05d}.jsonl")
