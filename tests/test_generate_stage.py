@@ -182,6 +182,22 @@ def test_two_processes_draw_the_same_images_as_one(tiny_dir, prompt_file, tmp_pa
         assert (tmp_path / "one" / a["image_file"]).read_bytes() == (tmp_path / "two" / b["image_file"]).read_bytes()
 
 
+def test_batch_size_2_draws_the_same_bytes_on_1_2_and_3_processes(tiny_dir, prompt_file, tmp_path):
+    # batches are cut from the global order and dealt out whole, so every process count
+    # draws the same pairs together (a batched forward rounds differently from another pair)
+    common = [f"model.path={tiny_dir}", f"prompts=[{prompt_file}]", "num_images_per_prompt=2", "batch_size=2",
+              *TINY_SAMPLING]
+    images = {}
+    for nproc in (1, 2, 3):
+        out = tmp_path / f"n{nproc}"
+        run = _torchrun(nproc, ["generate", f"out_dir={out}", *common])
+        assert run.returncode == 0, run.stderr[-3000:]
+        rows = _rows(out / "manifest.jsonl")
+        images[nproc] = [(r["image_id"], r["think_output"], (out / r["image_file"]).read_bytes()) for r in rows]
+    assert len(images[1]) == 10
+    assert images[1] == images[2] == images[3]
+
+
 def test_resume_with_another_world_size_and_bad_config(tiny_dir, prompt_file, tmp_path):
     # a partial 1-process run (first 3 items) finished by 2 processes
     out = tmp_path / "gen"
