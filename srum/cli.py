@@ -186,17 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from srum.distributed import PeerFailed, die_with_torchrun
+    from srum.distributed import die_with_torchrun, peer_failure_note
     from srum.models.bagel.config import CheckpointError
     die_with_torchrun()
     try:
         return args.func(args)
-    except PeerFailed as err:  # rank 0 printed the reason; one line here, not a backend traceback
-        print(f"srum {args.command}: {err}", file=sys.stderr)
-        return 1
-    except (CheckpointError, ValueError, OSError) as err:  # ConfigError is a ValueError
-        print(f"srum {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        note = peer_failure_note(err)  # another rank failed and printed why: one line, no backend traceback
+        if note is not None:
+            print(f"srum {args.command}: {note}", file=sys.stderr)
+            return 1
+        if isinstance(err, (CheckpointError, ValueError, OSError)):  # ConfigError is a ValueError
+            print(f"srum {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -127,3 +127,20 @@ def die_with_torchrun() -> None:
     """:func:`die_with_parent` when this process is a torchrun worker."""
     if "TORCHELASTIC_RUN_ID" in os.environ:
         die_with_parent()
+
+
+_PEER_FAILURE_TEXT = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator",
+                      "ProcessGroupGloo", "ProcessGroupNCCL")
+
+
+def peer_failure_note(err: BaseException) -> str | None:
+    """On a rank other than 0 of a multi-process run: the one line to print for an error
+    that is only the echo of another rank ending (a collective whose peer is gone), so
+    the real error, printed by that rank, is not buried under backend tracebacks. None
+    for any other error, which is reported as usual."""
+    info = env_info()
+    if info.rank == 0 or info.world_size < 2:
+        return None
+    echo = isinstance(err, PeerFailed) or isinstance(err, getattr(dist, "DistError", ())) or (
+        isinstance(err, RuntimeError) and any(text in str(err) for text in _PEER_FAILURE_TEXT))
+    return f"rank {info.rank}: stopped because another rank failed (its error is above)" if echo else None

@@ -233,3 +233,30 @@ def test_stopping_the_launcher_or_killing_torchrun_ends_the_workers(tmp_path, ho
     finally:
         launcher.kill()
         launcher.wait()
+
+
+# ---------------------------------------------------------------- rank 0 fails alone
+def _torchrun(nproc, args):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "srum", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_rank_0_failing_alone_gives_one_line_on_the_others(tiny_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"cube {i}"}) + "\n" for i in range(2)))
+    out = tmp_path / "gen"
+    (out / "summary.json").mkdir(parents=True)  # the merge (rank 0 only) cannot write it
+    run = _torchrun(2, ["generate", f"model.path={tiny_dir}", f"prompts=[{prompts}]", f"out_dir={out}",
+                        "sampling.height=32", "sampling.width=32", "sampling.num_timesteps=2", "sampling.think=false"])
+    assert run.returncode != 0
+    assert f"cannot write {out / 'summary.json'}" in run.stderr  # the failing write names its file
+    assert "srum generate: rank 1: stopped because another rank failed (its error is above)" in run.stderr
+    assert "/srum/" not in run.stderr and "gloo" not in run.stderr  # no worker traceback (torchrun prints its own)
+    # the lock went with the run: a corrected rerun goes ahead
+    (out / "summary.json").rmdir()
+    again = _torchrun(2, ["generate", f"model.path={tiny_dir}", f"prompts=[{prompts}]", f"out_dir={out}",
+                          "sampling.height=32", "sampling.width=32", "sampling.num_timesteps=2",
+                          "sampling.think=false"])
+    assert again.returncode == 0, again.stderr[-3000:]

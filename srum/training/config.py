@@ -216,8 +216,11 @@ class EMAConfig:
 class CheckpointConfig:
     """every_steps: save every N steps (0 = only at the end); always saved at the end.
     keep_last: how many step-* checkpoints to keep (the newest ones).
-    resume: "auto" = continue from output_dir/checkpoints/latest when present; "never" =
-    start fresh (refused if checkpoints exist); or a path to one step-* directory."""
+    resume: "auto" = continue from the newest whole checkpoint under output_dir/checkpoints
+    when there is one (refused if a result-changing setting differs from it); "never" =
+    start at step 0 (refused if checkpoints exist); "fresh" = move the earlier outputs of
+    output_dir aside into replaced-<time>/ and start at step 0; or a path to one step-*
+    directory (see :mod:`srum.training.resume`)."""
 
     every_steps: int = 0
     keep_last: int = 2

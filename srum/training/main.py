@@ -41,19 +41,31 @@ def run(args) -> int:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from ..distributed import shutdown
+    from ..distributed import die_with_torchrun, peer_failure_note, shutdown
     from .trainer import NonFiniteError, train
+    die_with_torchrun()
     try:
         train(cfg)
-    except NonFiniteError as err:
-        print(f"srum train: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"srum train: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        return _report(err, peer_failure_note(err), NonFiniteError)
     finally:
         shutdown()
     return 0
+
+
+def _report(err: Exception, peer_note: str | None, nonfinite: type) -> int:
+    """The exit code of a failed run, after one clear line on stderr (a traceback only
+    for errors that are bugs)."""
+    if peer_note is not None:  # another rank failed and printed why
+        print(f"srum train: {peer_note}", file=sys.stderr)
+        return 1
+    if isinstance(err, nonfinite):
+        print(f"srum train: error: {err}", file=sys.stderr)
+        return 1
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        print(f"srum train: error: {err}", file=sys.stderr)
+        return 2
+    raise err
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 optionally Weights & Biases; plus the FLOP count behind MFU.
 
 ``metrics.jsonl`` gets one JSON object per step (every step, whatever the logging
-period) so reports can plot the whole run; it is appended to on resume.
+period) so reports can plot the whole run; it is appended to on resume, after the rows
+of the steps the resumed run repeats (those after its checkpoint) are cut off, and
+TensorBoard purges the same steps, so each step appears once.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_text
 from ..models.bagel.config import BagelConfig
 
 log = logging.getLogger(__name__)
@@ -75,10 +78,12 @@ class MetricsLogger:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(out / "metrics.jsonl", start_step)
         self.jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+            # events of the steps this run does again are dropped from the earlier files
+            self.tb = SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start_step + 1)
         if progress_bar:
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
@@ -137,6 +142,28 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
         self.jsonl.close()
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Cut ``metrics.jsonl`` before the first row of a step after ``last_step`` (rows an
+    interrupted run wrote after its last checkpoint, which the resumed run writes again),
+    and a partial last line. Events before that row stay."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not line.endswith("\n"):
+            break
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > last_step:
+            break
+        kept.append(line)
+    text = "".join(kept)
+    if text != path.read_text(encoding="utf-8", errors="replace"):
+        atomic_write_text(path, text)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:

@@ -35,7 +35,10 @@ import yaml
 
 from ..config import to_dict
 from ..distributed import DistInfo, local_device
-from .checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint, remove_stale, save_checkpoint
+from ..distributed import on_main
+from ..fileio import atomic_write_text
+from ..locking import DirectoryLock
+from .checkpointing import load_checkpoint, remove_stale, save_checkpoint
 from .config import OptimConfig, TrainConfig
 from .data import StepData, StepLoader, TrainSample, write_report
 from .ema import EMA
@@ -44,6 +47,7 @@ from .loss import flow_matching_terms, srum_loss, text_ce_sum
 from .metrics import MetricsLogger, peak_flops, peak_memory_gib, step_flops
 from .packing import DataPosition, PackingConfig, PackStream, StepPlanner
 from .parallel import TrainingModel, build_training_model, init_process_group
+from .resume import check_resume_settings, resume_target, start_fresh
 from .samples import build_training_dataset
 
 log = logging.getLogger("srum.train")
@@ -303,39 +307,52 @@ def _seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
 
 
-def _resume_target(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
-    resume = cfg.checkpoint.resume
-    if resume == "auto":
-        return latest_checkpoint(ckpt_root)
-    if resume == "never":
-        if list_checkpoints(ckpt_root):
-            raise ValueError(f"{ckpt_root} already holds checkpoints and checkpoint.resume=never: "
-                             "choose another output_dir or resume=auto")
-        return None
-    path = Path(resume)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint.resume={resume}: no such checkpoint directory")
-    return path
-
-
 def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kilobytes on Linux
+
+
+def _take_output_dir(cfg: TrainConfig, out: Path, world: int) -> tuple[DirectoryLock, Path | None]:
+    """Rank 0: lock ``output_dir`` (one run at a time), start fresh when asked, pick the
+    checkpoint to resume and check its settings. Returns the lock and that checkpoint."""
+    lock = DirectoryLock.acquire(out, "srum train")
+    try:
+        if cfg.checkpoint.resume == "fresh":
+            moved = start_fresh(out)
+            if moved is not None:
+                log.info("checkpoint.resume=fresh: the earlier outputs moved to %s", moved)
+        resume_path = resume_target(cfg, out / "checkpoints")
+        if resume_path is not None:
+            check_resume_settings(cfg, resume_path, world)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, resume_path
 
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training run; returns a summary dict. Collective: every rank calls it."""
     info = init_process_group()
     _setup_logging(info)
+    world = dist.get_world_size()
+    out = Path(cfg.output_dir)
+    taken = on_main(lambda: _take_output_dir(cfg, out, world), info)
+    lock, resume_path = taken if taken is not None else (None, None)
+    try:
+        # every rank resumes from the checkpoint rank 0 chose and checked
+        box = [str(resume_path) if resume_path is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        return _train(cfg, info, out, Path(box[0]) if box[0] is not None else None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, info: DistInfo, out: Path, resume_path: Path | None) -> dict:
     device = local_device(info)
     world = dist.get_world_size()
     _seed_everything(cfg.train.seed, info.rank)
-    out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
     remove_stale(ckpt_root)
-    resume_path = _resume_target(cfg, ckpt_root)
 
     tm = build_training_model(cfg.model.path, cfg.model.weights, cfg.freeze, cfg.parallel, info, device,
                               load_weights=resume_path is None, train_lm_head=cfg.trains_lm_head)
@@ -385,7 +402,7 @@ def train(cfg: TrainConfig) -> dict:
                  position.to_dict(), state.get("world_size"), world)
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if info.is_main:
-        (out / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        atomic_write_text(out / "config.yaml", config_yaml)
 
     metrics_log = MetricsLogger(out, enabled=info.is_main, total_steps=cfg.train.total_steps, start_step=step,
                                 every_steps=cfg.logging.every_steps, tensorboard=cfg.logging.tensorboard,
