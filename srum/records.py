@@ -39,6 +39,7 @@ __all__ = [
     "import_reference",
     "encode_rle",
     "decode_rle",
+    "mask_problem",
     "mask_to_bbox",
 ]
 
@@ -157,6 +158,18 @@ def _check_rle(mask: Any, width: int, height: int, where: str) -> dict:
     if sum(counts) != width * height:
         raise RecordError(f"{where}: mask counts sum to {sum(counts)}, expected height*width = {width * height}")
     return {"size": [height, width], "counts": list(counts)}
+
+
+def mask_problem(mask: Any, width: int, height: int) -> str | None:
+    """Why a region's mask cannot go into a record of a ``width`` x ``height`` image
+    (None when it is fine: null, or an uncompressed RLE of that size)."""
+    if mask is None:
+        return None
+    try:
+        _check_rle(mask, width, height, "mask")
+    except RecordError as err:
+        return str(err)
+    return None
 
 
 # --------------------------------------------------------------------------- validation

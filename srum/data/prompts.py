@@ -74,7 +74,38 @@ def _item_from_object(obj, where: str, default_category: str | None) -> PromptIt
     if pid is None or isinstance(pid, bool) or not isinstance(pid, (str, int)):
         raise ValueError(f"{where}: prompt has no id (expected 'id', 'prompt_id' or 'Question_id')")
     category = _first(obj, ("category", "Category"))
-    return PromptItem(str(pid), prompt.strip(), str(category) if category is not None else default_category, where)
+    if category is not None and not isinstance(category, str):
+        # str() of a number, list or object would invent a category nobody wrote
+        raise ValueError(f"{where}: category must be a string, got {type(category).__name__} {category!r}")
+    return PromptItem(str(pid), prompt.strip(), category if category is not None else default_category, where)
+
+
+def _decode_lines(path: Path, errors: list[str]) -> list[tuple[int, str | None]]:
+    """The file's lines with their numbers. A line that is not valid UTF-8 is reported
+    (``file:line: ...``) and comes back as None, instead of the whole file being refused."""
+    data = path.read_bytes()
+    try:
+        return list(enumerate(data.decode("utf-8").splitlines(), 1))
+    except UnicodeDecodeError:
+        pass
+    lines: list[tuple[int, str | None]] = []
+    for n, raw in enumerate(data.splitlines(), 1):
+        try:
+            lines.append((n, raw.decode("utf-8")))
+        except UnicodeDecodeError as err:
+            errors.append(f"{path}:{n}: not valid UTF-8 ({err.reason} at byte {err.start} of the line)")
+            lines.append((n, None))
+    return lines
+
+
+def _json_text(path: Path) -> str:
+    """A whole .json file as text; invalid UTF-8 names the line it is on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise PromptFileError(f"{path}:{line}: not valid UTF-8 ({err.reason}); the file cannot be read") from None
 
 
 def _read_one(path: Path, errors: list[str]) -> list[PromptItem]:
@@ -84,9 +115,9 @@ def _read_one(path: Path, errors: list[str]) -> list[PromptItem]:
     items: list[PromptItem] = []
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PromptFileError(f"{path}: not valid JSON ({err})") from None
+            data = json.loads(_json_text(path))
+        except json.JSONDecodeError as err:
+            raise PromptFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(data, list):
             raise PromptFileError(f"{path}: expected a JSON array of prompt objects")
         for i, obj in enumerate(data):
@@ -95,8 +126,8 @@ def _read_one(path: Path, errors: list[str]) -> list[PromptItem]:
             except ValueError as err:
                 errors.append(str(err))
     elif suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
+        for n, line in _decode_lines(path, errors):
+            if line is None or not line.strip():
                 continue
             try:
                 obj = json.loads(line)
@@ -110,7 +141,10 @@ def _read_one(path: Path, errors: list[str]) -> list[PromptItem]:
     elif suffix == ".txt":
         category = category_from_filename(path)
         index = 0
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in _decode_lines(path, errors):
+            if line is None:  # reported; it still takes its index so later ids stay put
+                index += 1
+                continue
             if not line.strip():
                 continue
             items.append(PromptItem(f"{path.stem}_{index:05d}", line.strip(), category, f"{path}:{n}"))

@@ -137,7 +137,8 @@ def open_image(item: ImageItem):
         with Image.open(item.image_path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        # a decompression bomb (far more pixels than PIL.Image.MAX_IMAGE_PIXELS) is a bad item, not a crash
         raise ValueError(f"{item.source}: cannot read image {item.image_path}: {err}") from None
 
 

@@ -154,5 +154,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                      settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)
 
 
-# what an image depends on; the batch size too: a batched forward may round differently
-RESULT_FIELDS = ("model", "seed", "batch_size", "sampling")
+# what an image depends on. Not batch_size: like the pipeline's config hash, it counts as
+# speed (a batched forward may round a pixel one grey level differently, nothing more),
+# so a run that ran out of memory can resume with a smaller batch
+RESULT_FIELDS = ("model", "seed", "sampling")

@@ -19,14 +19,17 @@ import torch
 
 from srum.judge.backends import load_judge_backend
 from srum.judge.scoring import JudgeConfig, judge_images
-from srum.records import SCHEMA, RecordError, validate_record
+from srum.records import SCHEMA, RecordError, mask_problem, validate_record
 
 from .common import ImageItem, ImageStage, ModelConfig, error_row, lazy_model, relative_to
 from .generate import image_seed
 from .outdir import result_settings
 
-# what a record depends on (the batch size too: batched questions may round differently)
-RESULT_FIELDS = ("model", "judge", "seed", "batch_size")
+# what a record depends on (batch sizes count as speed, as in the pipeline's config hash;
+# judge.retries only adds attempts after the same first ones: raising it and
+# retry_errors=true re-asks the judgments that failed)
+RESULT_FIELDS = ("model", "judge", "seed")
+NOT_RESULT_FIELDS = ("judge.batch_size", "judge.device", "judge.device_map", "judge.retries")
 
 
 @dataclass
@@ -65,7 +68,8 @@ def region_problem(region, width: int, height: int) -> str | None:
         return f"bbox {list(box)} lies outside the {width}x{height} image"
     if min(x2, width) <= x1 or min(y2, height) <= y1:
         return f"bbox {list(box)} is empty once clipped to the {width}x{height} image"
-    return None
+    # a bad mask costs its region only, as a bad box does (the record would refuse it)
+    return mask_problem(region.get("mask"), width, height)
 
 
 def run_judge(cfg: JudgeStageConfig) -> dict:
@@ -127,7 +131,7 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
 
     return stage.run(stage.each_batch(judge_batch), config=cfg, retry_errors=cfg.retry_errors,
                      summarize=summarize_rewards, batch_size=cfg.batch_size,
-                     settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)
+                     settings=result_settings(cfg, RESULT_FIELDS, NOT_RESULT_FIELDS), fresh=cfg.fresh)
 
 
 def _not_asked(region: dict) -> bool:
@@ -156,8 +160,14 @@ def _region_record(entry: dict) -> dict:
     return out
 
 
+def _clamped(entry: dict) -> bool:
+    """Whether the judge answered a score outside [-1, 1] that was clamped into it."""
+    return bool((entry.get("detail") or {}).get("clamped"))
+
+
 def summarize_rewards(records: list[dict]) -> dict:
-    """Counts of a reward file: global ok / failed, regions judged ok / failed / not asked."""
+    """Counts of a reward file: global ok / failed, regions judged ok / failed / not asked,
+    and how many scores were clamped into [-1, 1] (a judge off the scale shows here)."""
     g_ok = [r["global"]["score"] for r in records if r["global"]["status"] == "ok"]
     regions = [x for r in records for x in r["regions"]]
     r_ok = [x["score"] for x in regions if x["status"] == "ok"]
@@ -168,4 +178,6 @@ def summarize_rewards(records: list[dict]) -> dict:
         "regions_not_asked": sum(_not_asked(x) for x in regions),
         "regions_mean": sum(r_ok) / len(r_ok) if r_ok else None,
         "regions_skipped_bad_input": sum(len(r.get("skipped_regions", [])) for r in records),
+        "global_clamped": sum(_clamped(r["global"]) for r in records),
+        "regions_clamped": sum(_clamped(x) for x in regions),
     }

@@ -26,15 +26,22 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def result_settings(cfg: Any, fields: tuple[str, ...]) -> dict:
-    """The result-changing part of a stage config: the named top-level fields, with the
-    model section's operational fields left out."""
+def result_settings(cfg: Any, fields: tuple[str, ...], ignore: tuple[str, ...] = ()) -> dict:
+    """The result-changing part of a stage config: the named top-level fields, less the
+    model section's operational fields and the dotted ``ignore`` fields."""
     settings = {}
     for name in fields:
         value = to_dict(getattr(cfg, name))
         if name == "model" and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _MODEL_OPERATIONAL}
         settings[name] = value
+    for dotted in ignore:
+        *parents, leaf = dotted.split(".")
+        node = settings
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return settings
 
 

@@ -26,8 +26,9 @@ from srum.proposals import ProposalConfig, ask_boxes, build_mask_generator, prop
 from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
 from .outdir import result_settings
 
-# what a row depends on (the batch size too: batched model calls may round differently)
-RESULT_FIELDS = ("model", "proposals", "batch_size")
+# what a row depends on (batch_size counts as speed, as in the pipeline's config hash)
+RESULT_FIELDS = ("model", "proposals")
+NOT_RESULT_FIELDS = ("proposals.sam.points_per_batch",)
 
 
 @dataclass
@@ -79,4 +80,5 @@ def run_propose(cfg: ProposeStageConfig) -> dict:
             propose_one(item, image, answer) for item, image, answer in
             zip(items, images, ask_boxes(model(), images, cfg.proposals.self_boxes))])
     return stage.run(process, config=cfg, retry_errors=cfg.retry_errors, summarize=summarize,
-                     batch_size=cfg.batch_size, settings=result_settings(cfg, RESULT_FIELDS), fresh=cfg.fresh)
+                     batch_size=cfg.batch_size, settings=result_settings(cfg, RESULT_FIELDS, NOT_RESULT_FIELDS),
+                     fresh=cfg.fresh)

@@ -40,9 +40,16 @@ from pathlib import Path
 from typing import Callable
 
 from srum.distributed import DistInfo
-from srum.fileio import atomic_write_text, iter_jsonl
+from srum.fileio import atomic_write_text, iter_jsonl, write_error
 
 ERROR_KEY = "_error"
+
+
+def _is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 class PartWriter:
@@ -55,18 +62,28 @@ class PartWriter:
         self._file = open(path, "a", encoding="utf-8")
 
     def _repair(self) -> None:
-        # A kill -9 mid-row leaves a partial last line; cut it so the next row starts clean.
+        # A kill -9 mid-row leaves a partial last line: cut it so the next row starts
+        # clean. A last row that is complete JSON and only lacks its newline (killed
+        # between the two, or a file copied without it) is a finished item: keep it.
         if not self.path.exists():
             return
         with open(self.path, "rb+") as f:
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+            if not data or data.endswith(b"\n"):
+                return
+            start = data.rfind(b"\n") + 1
+            if _is_json_object(data[start:]):
+                f.write(b"\n")
+            else:
+                f.truncate(start)
 
     def write(self, row: dict) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:  # disk full, quota, ...: say which file
+            raise write_error(self.path, err) from err
 
     def close(self) -> None:
         self._file.close()

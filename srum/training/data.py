@@ -179,7 +179,7 @@ class RewardDataset:
             with PIL.Image.open(path) as image:
                 image.load()
                 rgb = to_rgb(image)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
             raise ValueError(f"{path}: cannot read the {what} of record {rec['image_id']!r}: {err}") from err
         if rgb.size != (rec["width"], rec["height"]):
             why = "its boxes are in those pixels" if info.mode == "reward" else "the file changed since the start"
@@ -232,7 +232,7 @@ def _check_image_header(path: str, rec: dict, what: str) -> None:
     try:
         with PIL.Image.open(path) as image:
             size = image.size
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: cannot open the {what} of record {rec['image_id']!r}: {err}") from err
     if size != (rec["width"], rec["height"]):
         raise ValueError(f"{path}: {what} of record {rec['image_id']!r} is {size[0]}x{size[1]} but the record says "

@@ -144,7 +144,7 @@ def _image_size(path: str, where: str, row_id: str) -> tuple[int, int]:
     try:
         with PIL.Image.open(path) as image:
             return image.size
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f"{where}: cannot open the image {path} of row {row_id!r}: {err}") from err
 
 
@@ -202,7 +202,7 @@ class VqaInfo:
                 with PIL.Image.open(path) as image:
                     image.load()
                     rgb = to_rgb(image)
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
                 raise ValueError(f"{path}: cannot read an image of row {rec['image_id']!r}: {err}") from err
             if rgb.size != tuple(size):
                 raise ValueError(f"{path}: image of row {rec['image_id']!r} is {rgb.size[0]}x{rgb.size[1]}, "

@@ -219,7 +219,15 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None =
     except Exception as err:  # hub errors (offline, not found, auth) all end here
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if offline else ""
-        raise CheckpointError(f"{text}: could not fetch from the hub{hint}: {err}") from err
+        # "outputs/my-bagel" reads as a hub id too: most likely a local folder is missing
+        local = (f"no folder {text} (relative to {os.getcwd()}), and " if not os.path.isabs(text) else "")
+        raise CheckpointError(f"{text}: {local}could not fetch it from the hub or its cache{hint}: "
+                              f"{_first_line(err)}") from err
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def default_device() -> torch.device:
