@@ -92,10 +92,21 @@ def recorded_settings(directory: Path) -> dict | None:
     return data["settings"]
 
 
-def record_settings(directory: Path, settings: dict) -> None:
-    atomic_write_text(Path(directory) / SETTINGS_FILE,
-                      json.dumps({"settings": settings, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                 indent=1) + "\n")
+def record_settings(directory: Path, settings: dict, earlier: dict | None = None) -> None:
+    """Record ``settings``; ``earlier``: the settings they replace (a retry of failed
+    items with other settings), kept in the record's ``earlier`` list."""
+    path = Path(directory) / SETTINGS_FILE
+    history = []
+    if earlier is not None:
+        try:
+            history = json.loads(path.read_text(encoding="utf-8")).get("earlier", [])
+        except (OSError, ValueError, AttributeError):
+            history = []
+        history.append(earlier)
+    record = {"settings": settings, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if history:
+        record["earlier"] = history
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
 
 
 def move_aside(directory: Path, keep: Iterable[str] = ()) -> Path | None:

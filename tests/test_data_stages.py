@@ -192,8 +192,9 @@ def test_two_processes_match_one(run_dir, tiny_dir, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     torchrun("propose", f"images={run_dir / 'generate' / 'manifest.jsonl'}", f"out_dir={tmp_path / 'propose'}",
              f"model.path={tiny_dir}", *SAM)
+    # whole batches are dealt out: batch_size 1 gives both processes some of the 3 images
     torchrun("judge", f"regions={tmp_path / 'propose' / 'regions.jsonl'}", f"out_dir={tmp_path / 'judge'}",
-             f"model.path={tiny_dir}", *JUDGE)
+             f"model.path={tiny_dir}", "batch_size=1", *JUDGE)
     assert len(list((tmp_path / "judge" / "parts").glob("rank-*.jsonl"))) == 2
 
     def strip(rows):

@@ -260,3 +260,20 @@ def test_rank_0_failing_alone_gives_one_line_on_the_others(tiny_dir, tmp_path):
                           "sampling.height=32", "sampling.width=32", "sampling.num_timesteps=2",
                           "sampling.think=false"])
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_retry_errors_on_a_finished_run_may_change_settings_but_not_on_an_unfinished_one(tmp_path):
+    out = tmp_path / "out"
+    keys = ShardedOutput(out, KEYS, DistInfo())
+    _run(out, {"seed": 0})
+    assert keys.is_complete()
+    info = DistInfo()
+    summary = run_items("test", keys, lambda idx: [{"image_id": KEYS[i]} for i in idx], batch_size=2, info=info,
+                        config=_Config(str(out)), settings={"seed": 1}, retry_errors=True)
+    assert summary["complete"]
+    record = json.loads((out / SETTINGS_FILE).read_text())
+    assert record["settings"] == {"seed": 1} and record["earlier"] == [{"seed": 0}]
+    (out / "summary.json").unlink()  # unfinished: a retry would mix settings for ordinary items too
+    with pytest.raises(SettingsChanged, match="seed: 1 before, 2 now"):
+        run_items("test", keys, lambda idx: [], batch_size=2, info=info, config=_Config(str(out)),
+                  settings={"seed": 2}, retry_errors=True)

@@ -246,7 +246,9 @@ def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]]
     recorded with the output; a resume with other ones is refused. ``fresh``: move the
     earlier outputs aside and start over. Returns the summary written to ``summary.json``."""
     started = time.time()
-    lock = take_output_dir(out.out_dir, name, info, settings, fresh)
+    # retry_errors on a finished run redoes only failed items: other settings are allowed there
+    lock = take_output_dir(out.out_dir, name, info, settings, fresh,
+                           retry_changes=retry_errors and out.is_complete())
     try:
         return _run_locked(name, out, process_batch, batch_size, info, config, retry_errors, summarize,
                            input_errors, started)

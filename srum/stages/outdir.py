@@ -50,15 +50,23 @@ def _has_outputs(out_dir: Path) -> bool:
                for p in out_dir.iterdir())
 
 
-def _check_settings(out_dir: Path, name: str, settings: dict) -> None:
+def _check_settings(out_dir: Path, name: str, settings: dict, retry_changes: bool) -> None:
     recorded = recorded_settings(out_dir)
-    if recorded is not None:
-        refuse_changes(f"srum {name}: {out_dir}", differences(recorded, settings),
+    diffs = differences(recorded, settings) if recorded is not None else []
+    if diffs and retry_changes:
+        # a finished run whose failed items are redone on purpose with other settings
+        # (e.g. another judge mode): allowed, said, and the earlier settings kept
+        _say(f"srum {name}: retry_errors redoes the failed items with other settings than the rest:"
+             + "".join(f"\n  {d}" for d in diffs))
+        record_settings(out_dir, settings, earlier=recorded)
+        return
+    if diffs:
+        refuse_changes(f"srum {name}: {out_dir}", diffs,
                        "start afresh with fresh=true (the earlier outputs move to "
                        f"{out_dir}/{REPLACED_PREFIX}<time>/)")
-    elif _has_outputs(out_dir):
+    if recorded is None and _has_outputs(out_dir):
         _say(f"srum {name}: {out_dir} holds outputs without a settings record (an older version "
-                        "wrote them): they cannot be checked against the current settings")
+             "wrote them): they cannot be checked against the current settings")
     record_settings(out_dir, settings)
 
 
@@ -70,7 +78,7 @@ def _remove_temp_files_below(out_dir: Path) -> int:
     return removed
 
 
-def _take(out_dir: Path, name: str, settings: dict | None, fresh: bool) -> DirectoryLock:
+def _take(out_dir: Path, name: str, settings: dict | None, fresh: bool, retry_changes: bool) -> DirectoryLock:
     lock = DirectoryLock.acquire(out_dir, f"srum {name}")
     try:
         if fresh:
@@ -78,7 +86,7 @@ def _take(out_dir: Path, name: str, settings: dict | None, fresh: bool) -> Direc
             if moved is not None:
                 _say(f"srum {name}: fresh start: the earlier outputs moved to {moved}")
         if settings is not None:
-            _check_settings(out_dir, name, settings)
+            _check_settings(out_dir, name, settings, retry_changes)
         removed = _remove_temp_files_below(out_dir)
         if removed:
             _say(f"srum {name}: removed {removed} temporary file(s) an interrupted run left")
@@ -89,8 +97,10 @@ def _take(out_dir: Path, name: str, settings: dict | None, fresh: bool) -> Direc
 
 
 def take_output_dir(out_dir: str | os.PathLike, name: str, info: DistInfo, settings: dict | None = None,
-                    fresh: bool = False) -> DirectoryLock | None:
+                    fresh: bool = False, retry_changes: bool = False) -> DirectoryLock | None:
     """Lock ``out_dir`` for stage ``name`` and check (or, with ``fresh``, reset) it; the
     lock on rank 0, None elsewhere. Raises on every rank when the directory is locked or
-    the settings differ (rank 0 with the reason, the others with a one-line note)."""
-    return distributed.on_main(lambda: _take(Path(out_dir), name, settings, fresh), info)
+    the settings differ (rank 0 with the reason, the others with a one-line note).
+    ``retry_changes``: other settings are allowed (``retry_errors`` on a finished run
+    redoes only its failed items, on purpose with other settings)."""
+    return distributed.on_main(lambda: _take(Path(out_dir), name, settings, fresh, retry_changes), info)
