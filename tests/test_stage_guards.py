@@ -148,13 +148,13 @@ def test_batches_hold_the_same_items_on_any_world_size(tmp_path):
     assert batches(1) == batches(2) == batches(3) == [["k0", "k1"], ["k2", "k3"], ["k4", "k5"], ["k6"]]
 
 
-def test_a_partly_done_batch_is_run_whole_and_only_new_rows_are_written(tmp_path):
+def test_only_the_missing_items_of_a_batch_are_run(tmp_path):
     out = tmp_path / "out"
     (out / "parts").mkdir(parents=True)
     (out / "parts" / "rank-00000.jsonl").write_text(json.dumps({"image_id": "k2", "value": 0}) + "\n")
     seen = []
     _run(out, {"seed": 0}, seen=seen)
-    assert seen == [["k0", "k1"], ["k2", "k3"], ["k4", "k5"], ["k6"]]
+    assert seen == [["k0", "k1"], ["k3"], ["k4", "k5"], ["k6"]]  # k3 is not re-batched with k4
     rows = [json.loads(line) for line in (out / "parts" / "rank-00000.jsonl").read_text().splitlines()]
     assert sorted(r["image_id"] for r in rows) == KEYS  # k2 once
 

@@ -284,18 +284,18 @@ def _run_locked(name: str, out: ShardedOutput, process_batch: Callable[[list[int
 
 def _process_batches(name: str, out: ShardedOutput, process_batch: Callable[[list[int]], list[dict]],
                      batches: list[tuple[list[int], set[int]]], info: DistInfo) -> None:
-    """Run every batch whole (its composition then never depends on what was done before)
-    and append the rows of the items not done yet."""
+    """Run the items of each batch not done yet together and append their rows (only
+    what is missing is computed: a retry asks exactly the failed items again)."""
     from tqdm import tqdm
     writer = out.writer()
     bar = tqdm(total=sum(len(todo) for _, todo in batches), desc=f"{name} (rank {info.rank})",
                disable=not info.is_main, dynamic_ncols=True)
     try:
         for batch, todo in batches:
-            for i, row in zip(batch, process_batch(batch)):
-                if i in todo:
-                    writer.write(row)
-            bar.update(len(todo))
+            indices = [i for i in batch if i in todo]
+            for row in process_batch(indices):
+                writer.write(row)
+            bar.update(len(indices))
     finally:
         bar.close()
         writer.close()

@@ -14,9 +14,10 @@ The full item list is cut into batches of ``batch_size`` consecutive items, and 
 of W takes batches ``r, r + W, r + 2W, ...`` (a deterministic shard that does not depend
 on what is already done). So every batch holds the same items whatever the number of
 processes, and batched computation (which may round differently from unbatched) gives
-byte-identical results on 1 or N processes. A batch with anything left to do is run
-whole; only the rows of its items not done yet are appended, so a resumed batch is
-computed exactly as an uninterrupted one. The
+byte-identical results on 1 or N processes. Of a batch only the items not done yet are
+run (together), so a retry asks exactly the failed items again; the one batch per
+process that a kill interrupted is finished with its remaining items only (batched
+arithmetic may then round a value of those items differently, never what they are). The
 row is written after the item's files (written atomically by the stage), so a row
 always points at complete files. A process killed mid-row leaves a truncated last
 line: it is ignored on reading and cut off before the next append, so a rerun redoes
