@@ -117,3 +117,23 @@ def test_a_missing_relative_model_folder_is_named_as_such(tmp_path, monkeypatch)
     message = str(err.value)
     assert f"no folder outputs/no-such-bagel (relative to {tmp_path})" in message
     assert "could not fetch it from the hub or its cache" in message and "more detail" not in message
+
+
+def test_a_manifest_row_with_a_non_string_category_is_named_and_skipped(tmp_path):
+    from srum.stages.common import read_image_manifest
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"image_id": "a", "image_file": "a.png", "prompt": "p", "category": 7}) + "\n"
+                        + json.dumps({"image_id": "b", "image_file": "a.png", "prompt": "p", "category": "color"}) + "\n")
+    items, errors = read_image_manifest(manifest)
+    assert [(i.image_id, i.category) for i in items] == [("b", "color")]
+    assert errors == [f"{manifest}:1: category must be a string or null, got int"]
+
+
+def test_metrics_write_failure_names_the_file(tmp_path, monkeypatch):
+    from srum.training.metrics import MetricsLogger
+    logger = MetricsLogger(tmp_path, enabled=True, total_steps=2, start_step=0, tensorboard=False,
+                           progress_bar=False)
+    monkeypatch.setattr(logger.jsonl, "flush", _disk_full)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'metrics.jsonl'}"):
+        logger.log(1, {"loss": 1.0})

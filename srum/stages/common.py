@@ -114,6 +114,10 @@ def read_image_manifest(path: str | os.PathLike) -> tuple[list[ImageItem], list[
         if not isinstance(prompt, str) or not prompt.strip():
             errors.append(f"{where}: no prompt text ('prompt' or 'original_prompt')")
             continue
+        category = row.get("category")
+        if category is not None and not isinstance(category, str):
+            errors.append(f"{where}: category must be a string or null, got {type(category).__name__}")
+            continue
         image_id = _image_id_from(row, image_file)
         if image_id in seen:
             errors.append(f"{where}: duplicate image id {image_id!r} (first at {seen[image_id]})")
@@ -124,7 +128,7 @@ def read_image_manifest(path: str | os.PathLike) -> tuple[list[ImageItem], list[
         items.append(ImageItem(image_id, image_path.resolve(), prompt.strip(),
                                str(prompt_id) if prompt_id is not None else None,
                                row.get("sample_index") if isinstance(row.get("sample_index"), int) else None,
-                               row.get("category"), row, where))
+                               category, row, where))
     return items, errors
 
 

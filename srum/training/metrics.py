@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, write_error
 from ..models.bagel.config import BagelConfig
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ class MetricsLogger:
             return
         # JSON has no NaN/inf: non-finite values (a skipped step's loss) are written as null
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        self.jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self.jsonl.flush()
+        self._append({"step": step, **clean})
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}")
@@ -129,8 +128,14 @@ class MetricsLogger:
         if not self.enabled:
             return
         log.log(logging.WARNING if warning else logging.INFO, message)
-        self.jsonl.write(json.dumps({"event": message}) + "\n")
-        self.jsonl.flush()
+        self._append({"event": message})
+
+    def _append(self, row: dict) -> None:
+        try:
+            self.jsonl.write(json.dumps(row) + "\n")
+            self.jsonl.flush()
+        except OSError as err:  # disk full, quota: say which file
+            raise write_error(Path(self.jsonl.name), err) from err
 
     def close(self) -> None:
         if not self.enabled:
