@@ -36,12 +36,16 @@ class FreezeConfig:
         understanding expert of every layer plus embeddings, final norm and lm_head, i.e.
         the text path; the generation expert still trains. The lm_head trains only when
         ``data.samples`` is given (vqa/cot cross-entropy) and neither llm nor und_expert
-        is frozen; reward records alone compute no logits."""
+        is frozen; reward records alone compute no logits.
+    params: further parameters kept fixed, as ``fnmatch`` patterns over parameter names
+        (e.g. ``vit_model.vision_model.embeddings.patch_embedding.*``); each pattern must
+        match at least one parameter, so a typo is an error, not a silent no-op."""
 
     vit: bool = True
     vae: bool = True
     llm: bool = False
     und_expert: bool = False
+    params: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.vae:
