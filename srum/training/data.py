@@ -201,7 +201,9 @@ class RewardDataset:
             raise AssertionError(f"{rec['image_path']}: transform gave {tuple(image.shape[1:])}, planned {info.size}")
         h, w = info.grid
         if self.rewards_enabled and info.mode == "reward":
-            weights, stats = reward_weights(rec, (h, w), self.map_config, missing_global=self.missing_global)
+            # the map is painted in the resized image's pixels (the bilinear rule's frame)
+            weights, stats = reward_weights(rec, (h, w), self.map_config, missing_global=self.missing_global,
+                                            frame_hw=(info.size[1], info.size[0]))
             weights = weights.reshape(-1)
         else:
             weights, stats = torch.ones(h * w), {}
