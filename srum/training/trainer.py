@@ -181,7 +181,8 @@ def train_step(tm: TrainingModel, optimizer: torch.optim.Optimizer, ema: EMA | N
             velocity = out["velocity"]
             weights = inputs.weights.to(device)
             constraint_w = inputs.constraint_weights.to(device) if inputs.constraint_weights is not None else None
-            reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights, constraint_w)
+            reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights, constraint_w,
+                                                             repel=cfg.repel_rule)
             # a step with only padding latents (every pack text-only) still backpropagates its zeros
             denominator = global_tokens if float(global_tokens) > 0 else 1
             loss = srum_loss(reward_sum, constraint_sum, lambda_c, denominator, world)["loss"]
