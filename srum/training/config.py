@@ -107,10 +107,15 @@ class RewardsConfig:
     """enabled: false trains plain flow matching (every weight 1, lambda_c 0 unless set).
     missing_global: a record whose global judgment failed is skipped at start ("skip",
         counted and logged) or trained with g = 0 ("neutral").
+    drop_zero_global: leave out records whose global score is exactly 0 (counted in
+        data_report.json), as the reference's formatter does: its parser turns a failed
+        judgment into 0.0, so it drops every g = 0 row. Ours tells a failure from a genuine
+        neutral 0.0, so by default (false) a 0.0 is trained like any other score.
     map: how a record becomes the per-token weight map (see RewardMapConfig)."""
 
     enabled: bool = True
     missing_global: Literal["skip", "neutral"] = "skip"
+    drop_zero_global: bool = False
     map: RewardMapConfig = field(default_factory=RewardMapConfig)
 
 
