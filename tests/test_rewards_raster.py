@@ -648,3 +648,17 @@ def test_signed_maps_let_a_nested_bad_region_repel():
     got, _ = reward_weights(twins, GRID, RewardMapConfig(mode="signed"))
     assert got[0, 0].item() == pytest.approx(-0.4)
     assert RewardMapConfig().overlap == "max"  # official keeps the reference's rule
+
+
+def test_sample_level_region_mean_or_map_mean():
+    """region_mean: the plain mean of the region values, no floor ((0.7 + 0.2) / 2 * 0.8);
+    map_mean: the spatial map's mean, the official 0.5 floor and background included."""
+    rec = two_regions()
+    got, _ = reward_weights(rec, GRID, RewardMapConfig(sample_level=True))
+    torch.testing.assert_close(got, torch.full(GRID, 0.36))
+    spatial, _ = reward_weights(rec, GRID, RewardMapConfig())
+    got, stats = reward_weights(rec, GRID, RewardMapConfig(sample_level=True, sample_value="map_mean"))
+    torch.testing.assert_close(got, torch.full(GRID, float(spatial.double().mean())))
+    assert float(got[0, 0]) > 0.4 and stats["regions_used"] == 2          # above the floored background
+    with pytest.raises(ConfigError, match="sample_value"):
+        RewardMapConfig(sample_value="median")

@@ -95,10 +95,15 @@ class RewardMapConfig:
         (ablation "no global reward"; a failed global judgment is then irrelevant).
     binarize [False]: ablation "0/1 reward": a region's value becomes 1 if ``s > 0`` else
         0 (official) or +1 / -1 (signed) instead of the dense score.
-    sample_level [False]: ablation "no spatial map": every cell gets one scalar, the plain
-        mean of the rewarded regions' values (official ``(s+1)/2``, signed ``s``, after
-        ``binarize``; no background floor), or the background when no region is rewarded;
-        still multiplied by ``alpha``.
+    sample_level [False]: ablation "no spatial map": every cell gets one scalar (see
+        ``sample_value``), still multiplied by ``alpha``. The paper has no such ablation;
+        it is ours.
+    sample_value ["region_mean"]: the scalar of ``sample_level``. ``"region_mean"``: the
+        plain mean of the rewarded regions' values (official ``(s+1)/2``, signed ``s``,
+        after ``binarize``; no background floor, however small the regions), or the
+        background when no region is rewarded. ``"map_mean"``: the mean of the spatial map
+        over the image (background and official floor included): the same total weight
+        as the spatial map, spread evenly.
     cell_rule ["bilinear"]: which cells a region reaches. ``"bilinear"`` is the reference
         trainer's rule (see :mod:`.frame`): the map is painted at the training resolution
         with integer box corners and resized bilinearly to the grid, so a token reads the
@@ -117,6 +122,7 @@ class RewardMapConfig:
     use_global: bool = True
     binarize: bool = False
     sample_level: bool = False
+    sample_value: Literal["region_mean", "map_mean"] = "region_mean"
     coverage_threshold: float = 0.5
     cell_rule: Literal["bilinear", "coverage"] = "bilinear"
 
@@ -124,7 +130,8 @@ class RewardMapConfig:
         if self.overlap is None and self.mode in ("official", "signed"):
             self.overlap = "max" if self.mode == "official" else "smallest"
         choices = {"mode": ("official", "signed"), "region_shape": ("box", "mask"),
-                   "overlap": ("max", "mean", "last", "smallest"), "cell_rule": ("bilinear", "coverage")}
+                   "overlap": ("max", "mean", "last", "smallest"), "cell_rule": ("bilinear", "coverage"),
+                   "sample_value": ("region_mean", "map_mean")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"reward map {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -499,8 +506,9 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
     background = config.background_value
     values = config.region_value(torch.tensor([float(r["score"]) for r in rewarded], dtype=torch.float64))
 
-    if config.sample_level or not rewarded:
-        scalar = values.mean().item() if config.sample_level and rewarded else background
+    region_mean = config.sample_level and config.sample_value == "region_mean"
+    if region_mean or not rewarded:
+        scalar = values.mean().item() if region_mean and rewarded else background
         weights = np.full((h, w), np.float32(alpha * scalar), dtype=np.float32)
         if config.sample_level:
             stats["regions_used"] = len(rewarded)
@@ -515,6 +523,8 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
         stats["regions_empty"] = len(rewarded) - stats["regions_used"]
         weights = _paint(members, values.numpy(), config, alpha, (h, w), _region_areas(rewarded, config))
 
+    if config.sample_level and config.sample_value == "map_mean":
+        weights = np.full((h, w), np.float32(weights.mean(dtype=np.float64)), dtype=np.float32)
     weights = torch.from_numpy(weights)
     stats.update(mean=float(weights.mean()), min=float(weights.min()), max=float(weights.max()))
     return weights, stats
