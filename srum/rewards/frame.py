@@ -32,13 +32,13 @@ if TYPE_CHECKING:
     from .raster import RewardMapConfig
 
 __all__ = ["LATENT_CELL_PIXELS", "bilinear_map", "bilinear_taps", "box_frame_spans", "frame_members",
-           "mask_at_samples", "spans_at_samples"]
+           "mask_at_samples", "resize_samples", "spans_at_samples"]
 
 # Frame pixels per latent token of a training image: VAE downsample 8 x latent patch 2.
 LATENT_CELL_PIXELS = 16
 
 
-def bilinear_taps(cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
+def bilinear_taps(cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The frame pixels a bilinear resize of ``pixels`` to ``cells`` reads, and how.
 
     Follows ``F.interpolate(mode="bilinear", align_corners=False)`` with an output size (no
@@ -46,8 +46,9 @@ def bilinear_taps(cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     coordinate ``scale * (i + 0.5) - 0.5`` clamped at 0, the two neighbouring pixels (the
     second one clamped to the last pixel) weighted by the fractional part.
 
-    Returns (samples [k] int64, sorted distinct pixel indices; matrix [cells, k] float64,
-    row i = the interpolation weights of output cell i over the samples)."""
+    Returns (samples [k] int64, the sorted distinct pixels read; first [cells], second
+    [cells] int64, indices into ``samples`` of each cell's two pixels; frac [cells]
+    float64, the weight of the second pixel)."""
     scale = np.float32(pixels) / np.float32(cells)
     source = scale * (np.arange(cells, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
     source = np.maximum(source, np.float32(0.0))
@@ -55,11 +56,24 @@ def bilinear_taps(cells: int, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     second = np.minimum(first + 1, pixels - 1)
     frac = np.clip(source - first.astype(np.float32), 0.0, 1.0).astype(np.float64)
     samples, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
-    matrix = np.zeros((cells, samples.size), dtype=np.float64)
-    rows = np.arange(cells)
-    np.add.at(matrix, (rows, inverse[:cells]), 1.0 - frac)
-    np.add.at(matrix, (rows, inverse[cells:]), frac)
-    return samples, matrix
+    return samples, inverse[:cells], inverse[cells:], frac
+
+
+def _blend(values: np.ndarray, first: np.ndarray, second: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation along one axis: ``values[first] * (1 - frac) + values[second] * frac``."""
+    near = np.take(values, first, axis=axis)
+    if not frac.any():  # e.g. one frame pixel per cell: the resize reads single pixels
+        return near
+    weight = frac.reshape((-1, 1) if axis == 0 else (1, -1))
+    return near * (1.0 - weight) + np.take(values, second, axis=axis) * weight
+
+
+def resize_samples(sampled: np.ndarray, rows: tuple[np.ndarray, ...], cols: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The bilinear resize from the map at the sampled pixels [k_rows, k_cols] to the grid
+    [h, w] float32; ``rows`` / ``cols`` are the (first, second, frac) of :func:`bilinear_taps`.
+    Columns are blended first, then rows, as PyTorch does."""
+    across = _blend(sampled.astype(np.float64), *cols, axis=1)
+    return _blend(across, *rows, axis=0).astype(np.float32)
 
 
 def box_frame_spans(boxes: np.ndarray, crop: tuple[float, float, float, float],
@@ -103,9 +117,26 @@ def mask_at_samples(starts: np.ndarray, ends: np.ndarray, width: int, height: in
         return np.zeros((row_samples.size, col_samples.size), dtype=bool)
     xs = np.clip(np.floor(x0 + (col_samples + 0.5) * (x1 - x0) / fw).astype(np.int64), 0, width - 1)
     ys = np.clip(np.floor(y0 + (row_samples + 0.5) * (y1 - y0) / fh).astype(np.int64), 0, height - 1)
+    if 4 * xs.size * ys.size >= width * height:
+        # many samples (e.g. one per pixel): decode the mask once, then pick
+        mask = _decoded(starts, ends, width * height).reshape(width, height)   # [x, y]
+        identity = xs.size == width and ys.size == height and (xs == np.arange(width)).all() \
+            and (ys == np.arange(height)).all()
+        return mask.T if identity else mask[np.ix_(xs, ys)].T
     flat = xs[None, :] * height + ys[:, None]
     run = np.searchsorted(starts, flat, side="right") - 1
     return (run >= 0) & (flat < ends[np.clip(run, 0, None)])
+
+
+def _decoded(starts: np.ndarray, ends: np.ndarray, size: int) -> np.ndarray:
+    """Set runs (flat ``[start, end)``, increasing, disjoint) -> the flat bool mask [size]."""
+    lengths = np.empty(2 * starts.size + 1, dtype=np.int64)
+    lengths[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])   # gaps
+    lengths[1::2] = ends - starts                                 # set runs
+    lengths[-1] = size - ends[-1]
+    values = np.zeros(lengths.size, dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, lengths)
 
 
 def frame_members(rewarded: list[dict], config: RewardMapConfig, crop: tuple[float, float, float, float],
@@ -136,11 +167,11 @@ def bilinear_map(rewarded: list[dict], values: np.ndarray, config: RewardMapConf
                   frame_hw: tuple[int, int], where: str, stats: dict) -> tuple[np.ndarray, int]:
     """The reference rule: the combined map at the frame pixels the bilinear resize reads,
     then the resize itself -> (weights [h, w] float32, regions covering some sample)."""
-    row_samples, row_matrix = bilinear_taps(grid_hw[0], frame_hw[0])
-    col_samples, col_matrix = bilinear_taps(grid_hw[1], frame_hw[1])
+    row_samples, *row_taps = bilinear_taps(grid_hw[0], frame_hw[0])
+    col_samples, *col_taps = bilinear_taps(grid_hw[1], frame_hw[1])
     members = frame_members(rewarded, config, crop, width, height, frame_hw, row_samples, col_samples,
-                             where, stats)
+                            where, stats)
     sampled = _paint(members, values, config, alpha, (row_samples.size, col_samples.size),
                      _region_areas(rewarded, config))
-    weights = (row_matrix @ sampled.astype(np.float64) @ col_matrix.T).astype(np.float32)
+    weights = resize_samples(sampled, tuple(row_taps), tuple(col_taps))
     return weights, sum(m is not None for m in members)
