@@ -87,9 +87,12 @@ def box_frame_spans(boxes: np.ndarray, crop: tuple[float, float, float, float],
     box whose corners cross after truncation is dropped before clamping, as there."""
     x0, y0, x1, y1 = crop
     fh, fw = frame_hw
-    scaled = np.empty_like(boxes, dtype=np.float64)
-    scaled[:, 0::2] = (boxes[:, 0::2] - x0) * fw / (x1 - x0)
-    scaled[:, 1::2] = (boxes[:, 1::2] - y0) * fh / (y1 - y0)
+    if (x0, y0, x1, y1) == (0.0, 0.0, float(fw), float(fh)):
+        scaled = boxes.astype(np.float64)   # the frame is the saved image: the numbers as written
+    else:
+        scaled = np.empty_like(boxes, dtype=np.float64)
+        scaled[:, 0::2] = (boxes[:, 0::2] - x0) * fw / (x1 - x0)
+        scaled[:, 1::2] = (boxes[:, 1::2] - y0) * fh / (y1 - y0)
     spans = np.trunc(scaled).astype(np.int64)
     crossed = (spans[:, 0] >= spans[:, 2]) | (spans[:, 1] >= spans[:, 3])
     spans[:, 0::2] = np.clip(spans[:, 0::2], 0, fw)

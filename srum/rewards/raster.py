@@ -476,9 +476,10 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
     Returns:
         (weights [h, w] float32, stats) with stats keys ``alpha``, ``global_score``
         (None when failed), ``global_missing``, ``mean``/``min``/``max`` of the weights,
-        ``regions_total``, ``regions_used`` (rewarded and covering at least one cell),
-        ``regions_unrewarded`` (failed or filtered out), ``regions_empty`` (rewarded but
-        covering no cell at this resolution), ``mask_fallbacks``.
+        ``regions_total``, ``regions_used`` (rewarded and reaching at least one cell; under
+        the bilinear rule: covering a frame pixel the resize reads), ``regions_unrewarded``
+        (failed or filtered out), ``regions_empty`` (rewarded but reaching no cell at this
+        resolution), ``mask_fallbacks``.
     """
     if missing_global not in ("skip", "neutral"):
         raise ValueError(f"missing_global must be 'skip' or 'neutral', got {missing_global!r}")
