@@ -561,7 +561,8 @@ def test_official_map_equals_reference_trainer_on_random_records():
         got, stats = reward_weights(rec, grid, RewardMapConfig(), crop_box=crop)
         expected = reference_trainer_map(rec, grid, frame, crop)
         largest = max(largest, float((got - expected).abs().max()))
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0, msg=f"{rec['width']}x{rec['height']} {crop} {grid}")
+        where = f"{rec['width']}x{rec['height']} {crop} {grid}"
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0, msg=where)
         assert stats["regions_used"] + stats["regions_empty"] + stats["regions_unrewarded"] == len(rec["regions"])
     assert largest < 1e-6
 

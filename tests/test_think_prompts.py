@@ -1,14 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """Think-mode system prompts: settable in every place that runs think mode (issue 14)."""
 import logging
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from srum.config import ConfigError, load_config
+from srum.config import ConfigError
 from srum.models.bagel import prompts
 from srum.models.bagel.prompts import GENERATION_THINK_PROMPT, UNDERSTANDING_THINK_PROMPT, read_think_prompt
 from srum.stages.generate import SamplingConfig
