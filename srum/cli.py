@@ -56,7 +56,21 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-renorm-type", choices=["global", "channel", "text_channel"], default="global",
                    help="CFG renorm granularity (default global)")
     p.add_argument("--think", action="store_true", help="write a chain of thought before drawing (default off)")
+    _add_think_prompt_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
+
+
+def _add_think_prompt_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--think-system-prompt", default=None,
+                       help="think mode's system prompt (default: srum's own wording; BAGEL-7B-MoT was trained with "
+                            "the one in the Bagel repository's inferencer.py)")
+    group.add_argument("--think-system-prompt-file", default=None, help="read the think system prompt from this file")
+
+
+def _think_prompt(args) -> str | None:
+    from srum.models.bagel.prompts import read_think_prompt
+    return read_think_prompt(args.think_system_prompt, args.think_system_prompt_file, "command line")
 
 
 def _load(args):
@@ -68,7 +82,8 @@ def _sampling_kwargs(args) -> dict:
     return dict(height=args.height, width=args.width, num_timesteps=args.num_timesteps,
                 cfg_text_scale=args.cfg_text_scale, cfg_img_scale=args.cfg_img_scale,
                 cfg_interval=tuple(args.cfg_interval), timestep_shift=args.timestep_shift,
-                cfg_renorm_min=args.cfg_renorm_min, cfg_renorm_type=args.cfg_renorm_type, think=args.think)
+                cfg_renorm_min=args.cfg_renorm_min, cfg_renorm_type=args.cfg_renorm_type, think=args.think,
+                think_system_prompt=_think_prompt(args))
 
 
 def cmd_init_tiny(args) -> int:
@@ -85,7 +100,8 @@ def cmd_understand(args) -> int:
     model = _load(args)
     images = [Image.open(p) for p in args.image]
     print(model.understand(images, args.prompt, think=args.think, max_new_tokens=args.max_new_tokens,
-                           do_sample=args.temperature > 0, temperature=args.temperature or 1.0))
+                           do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+                           think_system_prompt=_think_prompt(args)))
     return 0
 
 
@@ -146,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="+", help="image file(s), placed before the prompt in this order")
     p.add_argument("--prompt", required=True, help="the question")
     p.add_argument("--think", action="store_true", help="reason inside <think> tags first (default off)")
+    _add_think_prompt_args(p)
     p.add_argument("--max-new-tokens", type=_positive_int, default=512, help="answer length limit (default 512)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples at this temperature")
     p.set_defaults(func=cmd_understand)

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 
+from .reference_import import FIX_KEYS, lenient_box, lenient_score, new_fixes, tally_import_fixes
+
 __all__ = [
     "SCHEMA",
     "GLOBAL_OBJECT",
@@ -258,9 +260,13 @@ def from_reference(obj: dict, where: str, image_size: tuple[int, int] | None) ->
 
     ``image_size`` = (width, height) of the saved image (the caller opens it); None takes it
     from the global entry's bbox ``[0, 0, W, H]``. A missing global entry (or one without a
-    numeric score) becomes a *failed* global judgment, never a 0.0. Every other entry
-    becomes a region: method "imported", label = its "object" text ("" -> null), status
-    "ok" (or "failed" when it has no numeric score).
+    numeric score) becomes a *failed* global judgment, never a 0.0; a genuine 0.0 is a
+    score like any other. Every other entry becomes a region: method "imported", label =
+    its "object" text ("" -> null), status "ok" (or "failed" when it has no numeric score).
+
+    As lenient as the reference trainer (see :mod:`srum.reference_import`): a region with
+    an unusable or empty box is dropped, a box beyond the image is clamped to it, a score
+    outside [-1, 1] is clamped; the row is kept and ``judge.import_fixes`` counts each fix.
     """
     if not isinstance(obj, dict):
         raise RecordError(f"{where}: a reference row must be a JSON object")
@@ -288,30 +294,26 @@ def from_reference(obj: dict, where: str, image_size: tuple[int, int] | None) ->
     width = _positive_int(image_size[0], where, "width")
     height = _positive_int(image_size[1], where, "height")
 
-    if glob is not None and _is_number(glob.get("score")):
-        global_entry = {"score": glob["score"], "reason": glob.get("reason") or "", "status": "ok",
-                        "method": "imported", "detail": {}}
+    fixes = new_fixes()
+    if glob is not None and _is_number(glob.get("score")) and math.isfinite(glob["score"]):
+        score, clamped = lenient_score(glob["score"], SCORE_SLACK)
+        fixes["global_scores_clamped"] += clamped
+        global_entry = {"score": score, "reason": glob.get("reason") or "", "status": "ok",
+                        "method": "imported", "detail": {"raw_score": glob["score"]} if clamped else {}}
     else:
         why = "no global_layout_reward entry" if glob is None else "global_layout_reward has no numeric score"
         global_entry = {"score": None, "reason": (glob or {}).get("reason") or "", "status": "failed",
                         "method": "imported", "detail": {"error": why}}
 
     regions = []
-    for entry in (e for e in entries if e.get("object") != GLOBAL_OBJECT):
-        has_score = _is_number(entry.get("score"))
-        label = entry.get("object")
-        regions.append({
-            "region_id": len(regions),
-            "bbox": entry.get("bbox"),
-            "mask": None,
-            "label": label if isinstance(label, str) and label else None,
-            "score": entry["score"] if has_score else None,
-            "reason": entry.get("reason") or "",
-            "status": "ok" if has_score else "failed",
-            "method": "imported",
-            "grounding": None,
-            "detail": {} if has_score else {"error": "entry has no numeric score"},
-        })
+    for index, entry in enumerate(entries):
+        if entry.get("object") == GLOBAL_OBJECT:
+            continue
+        region = _lenient_region(entry, len(regions), width, height, fixes)
+        if region is None:
+            fixes["dropped"].append(f"vlm_rewards[{index}]: " + fixes.pop("_why"))
+        else:
+            regions.append(region)
     record = {
         "schema": SCHEMA,
         "image_id": Path(bad).stem,
@@ -325,9 +327,36 @@ def from_reference(obj: dict, where: str, image_size: tuple[int, int] | None) ->
         "height": height,
         "global": global_entry,
         "regions": regions,
-        "judge": {"backend": "imported", "model": None, "mode": None},
+        "judge": {"backend": "imported", "model": None, "mode": None,
+                  **({"import_fixes": fixes} if any(fixes[k] for k in FIX_KEYS) else {})},
     }
     return validate_record(record, where)
+
+
+def _lenient_region(entry: dict, region_id: int, width: int, height: int, fixes: dict) -> dict | None:
+    """One reference region entry -> our region (box and score fixed as the reference
+    trainer tolerates them, see :mod:`srum.reference_import`), or None when it has to be
+    dropped (``fixes["_why"]`` says why; the counters are updated)."""
+    box, box_fix = lenient_box(entry.get("bbox"), width, height, BBOX_SLACK_PX)
+    if box is None:
+        fixes["regions_dropped"] += 1
+        fixes["_why"] = box_fix
+        return None
+    fixes["boxes_clamped"] += box_fix == "clamped"
+    raw = entry.get("score")
+    has_score = _is_number(raw) and math.isfinite(raw)
+    score, score_clamped = lenient_score(raw, SCORE_SLACK) if has_score else (None, False)
+    fixes["scores_clamped"] += score_clamped
+    detail = {} if has_score else {"error": "entry has no numeric score"}
+    if score_clamped:
+        detail["raw_score"] = raw
+    if box_fix == "clamped":
+        detail["raw_bbox"] = list(entry["bbox"])
+    label = entry.get("object")
+    return {"region_id": region_id, "bbox": box, "mask": None,
+            "label": label if isinstance(label, str) and label else None,
+            "score": score, "reason": entry.get("reason") or "", "status": "ok" if has_score else "failed",
+            "method": "imported", "grounding": None, "detail": detail}
 
 
 def to_reference(rec: dict) -> dict:
@@ -518,6 +547,8 @@ def import_reference(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     Image paths are rewritten relative to ``dst``'s directory; sizes come from the global
     entry's bbox, or from the image file when that is missing. Returns counts: ``read``,
     ``written``, ``failed_global`` (rows without a usable global score, kept as failed),
+    ``zero_global`` (rows whose global score is a genuine 0.0, kept), ``import_fixes``
+    (regions dropped, boxes and scores clamped: :func:`srum.reference_import.tally_import_fixes`),
     ``invalid`` and ``errors``.
     """
     records, errors = read_records(src)
@@ -528,8 +559,9 @@ def import_reference(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             record["reference_image_file"] = _relative_to(record["reference_image_path"], dst_dir)
     written = write_records(dst, records)
     failed = sum(1 for r in records if r["global"]["status"] == "failed")
-    return {"read": len(records), "written": written, "failed_global": failed,
-            "invalid": len(errors), "errors": errors}
+    zero = sum(1 for r in records if carries_reward(r["global"]) and r["global"]["score"] == 0.0)
+    return {"read": len(records), "written": written, "failed_global": failed, "zero_global": zero,
+            "import_fixes": tally_import_fixes(records), "invalid": len(errors), "errors": errors}
 
 
 # --------------------------------------------------------------------------- masks

@@ -75,6 +75,10 @@ def tiny_judge_dir(tmp_path_factory):
     ('{"Score": 0, "Explanation": "nothing matches"}', 0, "nothing matches"),
     ('{"score": 66, "explanation": "the red ca', 66, "the red ca"),  # cut off by max_new_tokens
     ('{"score": 70, "explanation": "score: 20 would be unfair"}', 70, "score: 20 would be unfair"),
+    # a score inside the explanation never wins over the score line (issue 14)
+    ("Score: 60\nExplanation: a higher score: 90 would need two cats", 60, "a higher score: 90 would need two cats"),
+    ("Explanation: a score: 90 needs a red car\nScore: 40", 40, "a score: 90 needs a red car"),
+    ("I would give it a score: 75", 75, ""),
 ])
 def test_parse_alignment_score(answer, score, explanation):
     parsed = parse_alignment_score(answer)

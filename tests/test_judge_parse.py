@@ -98,6 +98,21 @@ VALID = [
     # an echoed template placeholder, then the real answer
     ('Format: {"score": <a number from -1.0 to 1.0>, "reason": "..."}\n{"score": -0.3, "reason": "swapped"}', "global",
      -0.3, "swapped", None),
+    # a score mentioned inside the reason never wins over the score line (issue 14)
+    ("Score: 0.6\nReason: a higher score: 0.9 would need the cup on the left", "global", 0.6,
+     "a higher score: 0.9 would need the cup on the left", None),
+    ("Reason: a score: 0.9 needs sharper fur\nScore: 0.4", "global", 0.4, "a score: 0.9 needs sharper fur", None),
+    ("Score: -0.5\nReason: the cat is swapped.\nA final score: 0.9 would need it on the left.", "global", -0.5,
+     "the cat is swapped.", None),
+    ("Identified Object: a cup\nScore: 0.3\nReason: rating: 1.0 only for a sharp handle", "local", 0.3,
+     "rating: 1.0 only for a sharp handle", "a cup"),
+    # bullets and numbered lines still start a score line
+    ("- Score: 0.45\n- Reason: fine", "global", 0.45, "fine", None),
+    ("1. Score: -0.15\n2. Reason: slightly off", "global", -0.15, "slightly off", None),
+    # no score line: a score in running text counts, but not one inside the reason
+    ("The layout fits, so I give it a score: 0.7", "global", 0.7, "", None),
+    ("I give it a score: 0.2.\nReason: a score: 0.9 would need more", "global", 0.2, "a score: 0.9 would need more",
+     None),
 ]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 import srum
 from srum.miniworld.pretrain import load_pretrain_config, pretrain
 
@@ -31,3 +34,25 @@ def test_pretrain_phases_export_a_loadable_model_and_rerun_is_a_no_op(tmp_path):
                and p.name != "pretrain_config.json"]
     assert changed == []
     assert json.loads((run / "init" / "done.json").read_text())["vocab_size"] > 256
+
+    # a further stage: fresh ViT and connector by the model config's rule, vqa rows only
+    from safetensors.torch import load_file
+    stage = load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", [
+        f"out_dir={tmp_path / 'stage2'}", f"init_from={run / 'model'}", "reinit_vit=true", "samples=[vqa]", "seed=5"])
+    pretrain(stage)
+    before = load_file(str(run / "model" / "ema.safetensors"))
+    after = load_file(str(tmp_path / "stage2" / "init" / "ema.safetensors"))
+    assert before.keys() == after.keys()
+    tower = [k for k in before if k.startswith(("vit_model.", "connector."))]
+    assert tower and all(not torch.equal(before[k], after[k]) for k in tower)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in tower)
+    patch = after["vit_model.vision_model.embeddings.patch_embedding.weight"]
+    assert patch.mean(dim=1).abs().max() < 1e-6      # configs/model/miniworld.yaml: vit_patch_zero_mean
+    trained = (tmp_path / "stage2" / "train" / "config.yaml").read_text()
+    assert "vqa.jsonl" in trained and "t2i.jsonl" not in trained and "cot.jsonl" not in trained
+    with pytest.raises(ValueError, match="samples must be a non-empty subset"):
+        load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", ["samples=[images]"])
+    with pytest.raises(ValueError, match="reinit_vit needs init_from"):
+        load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", ["reinit_vit=true"])
+    fc2 = after["connector.fc2.weight"]                # connector_init: fan_in
+    assert 0.8 < float(fc2.std() * fc2.shape[1] ** 0.5) < 1.2

@@ -48,6 +48,15 @@ def test_scene_question_answers_follow_the_scene():
             if kind == "color":
                 shape = question.split()[-1].rstrip("?")
                 assert answer == next(o.color for o in scene.objects if o.shape == shape)
+    # a curriculum asks only the kinds given; unknown kinds are refused by name
+    kinds = {kind for _ in range(100)
+             for kind, _, _ in tasks.scene_questions(W.sample_training_scene(rng, n_objects=1), rng, 3, ["color", "shape"])}
+    assert kinds == {"color", "shape"}
+    with pytest.raises(ValueError, match=r"question_kinds: \['colour'\]"):
+        DataConfig(question_kinds=["colour"])
+    # the default draw is unchanged by the option (the shipped data stays reproducible)
+    a = tasks.scene_questions(scene, np.random.default_rng(9), 4)
+    assert a == tasks.scene_questions(scene, np.random.default_rng(9), 4, list(tasks.QUESTION_KINDS))
 
 
 def test_detection_answer_parses_back_to_the_boxes():

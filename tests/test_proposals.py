@@ -347,3 +347,47 @@ def test_proposal_config_loads_from_yaml(tmp_path):
     assert cfg.grounding.view == RegionView("crop", crop_margin=0.2) and cfg.grounding.threshold == 0.7
     with pytest.raises(ConfigError, match="grounding.view.mode"):
         load_config(ProposalConfig, None, ["grounding.view.mode=box"])
+
+
+# ---------------------------------------------------------------- top_k after the filter (issue 14)
+def _fourteen_strips():
+    """14 disjoint strips, strip i of area 4 * (3 + i): strip 13 is the largest, strip 2
+    the 12th largest."""
+    return [rect_mask(4 * i, 0, 4 * i + 4, 3 + i, (WIDTH, HEIGHT)) for i in range(14)]
+
+
+def test_filter_sees_a_relevant_region_beyond_the_ten_largest():
+    masks = _fourteen_strips()
+    gen = FakeGenerator([(m, 0.9) for m in masks])
+    relevant = [0.1] * 14
+    relevant[11] = 0.9                      # asked largest first: the 12th largest is strip 2
+    cleanup = CleanupConfig(min_area_fraction=0.0, top_k=10)
+    regions, stats = propose_for_image(scene(), "a thin strip", gen, FakeModel(relevant),
+                                       ProposalConfig(cleanup=cleanup, grounding=GroundingConfig(threshold=0.5)))
+    kept = [r for r in regions if r["grounding"]["kept"]]
+    assert [r["area"] for r in kept] == [int(masks[2].sum())]
+    assert stats["grounding"]["regions"] == 14 and stats["cleanup"]["top_k"] == 0
+    # a pool of only the ten largest (the old order: top_k before the filter) never sees it
+    small_pool = CleanupConfig(min_area_fraction=0.0, top_k=10, grounding_pool=10)
+    regions, stats = propose_for_image(scene(), "a thin strip", gen, FakeModel(relevant[:10]),
+                                       ProposalConfig(cleanup=small_pool, grounding=GroundingConfig(threshold=0.5)))
+    assert int(masks[2].sum()) not in [r["area"] for r in regions]
+    assert stats["grounding"]["regions"] == 10 and stats["cleanup"]["top_k"] == 4
+
+
+def test_top_k_keeps_the_most_relevant_of_the_accepted_regions():
+    masks = _fourteen_strips()
+    gen = FakeGenerator([(m, 0.9) for m in masks])
+    p_yes = [0.6 + 0.02 * i for i in range(14)]   # all relevant; the smallest are the most relevant
+    cleanup = CleanupConfig(min_area_fraction=0.0, top_k=4)
+    regions, stats = propose_for_image(scene(), "strips", gen, FakeModel(p_yes),
+                                       ProposalConfig(cleanup=cleanup, grounding=GroundingConfig(threshold=0.5)))
+    kept = [r for r in regions if r["grounding"]["kept"]]
+    assert sorted(r["area"] for r in kept) == sorted(int(masks[i].sum()) for i in range(4))
+    assert stats["kept"] == 4 and stats["grounding"]["removed_by_max_keep"] == 10 and len(regions) == 14
+    # filter off: the reference's rule, the top_k largest
+    off = ProposalConfig(cleanup=cleanup, grounding=GroundingConfig(enabled=False))
+    regions, _ = propose_for_image(scene(), "strips", gen, None, off)
+    assert [r["area"] for r in regions] == [int(masks[i].sum()) for i in (13, 12, 11, 10)]
+    with pytest.raises(ValueError, match="grounding_pool"):
+        CleanupConfig(top_k=10, grounding_pool=5)

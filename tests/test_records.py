@@ -152,11 +152,42 @@ def test_from_reference_missing_global_is_failed_not_zero():
         to_reference(rec)
 
 
-def test_from_reference_bad_box_names_line():
+def test_from_reference_is_as_lenient_as_the_reference_trainer():
+    """One bad region never costs the row (issue 14): an out-of-frame box is clamped, a
+    degenerate or unusable box drops its region only, an out-of-range score is clamped
+    (the number as written kept), and every fix is counted in judge.import_fixes."""
     row = reference_row()
-    row["vlm_rewards"][2]["bbox"] = [0, 20, 80, 32]
-    with pytest.raises(RecordError, match=r"^r.jsonl:9: region 1: bbox x2=80 out of frame"):
-        from_reference(row, "r.jsonl:9", None)
+    row["vlm_rewards"][0]["score"] = -1.2
+    row["vlm_rewards"][2]["bbox"] = [0, 20, 80, 32]                      # beyond the 64 px width: clamped
+    row["vlm_rewards"] += [
+        {"object": "sliver", "bbox": [10, 5, 10, 9], "score": 0.3},      # x1 == x2: dropped
+        {"object": "outside", "bbox": [70, 0, 90, 10], "score": 0.3},    # empty inside the image: dropped
+        {"object": "words", "bbox": ["a", 0, 1, 1], "score": 0.3},       # not numbers: dropped
+        {"object": "no box", "score": 0.3},                              # missing: dropped
+        {"object": "great", "bbox": [2, 2, 8, 8], "score": 1.5},         # clamped to 1.0
+    ]
+    rec = from_reference(row, "r.jsonl:9", None)
+    assert [r["label"] for r in rec["regions"]] == ["red apple", "table", "great"]
+    assert [r["region_id"] for r in rec["regions"]] == [0, 1, 2]
+    assert rec["regions"][1]["bbox"] == [0.0, 20.0, 64.0, 32.0]
+    assert rec["regions"][1]["detail"] == {"raw_bbox": [0, 20, 80, 32]}
+    assert rec["regions"][2]["score"] == 1.0 and rec["regions"][2]["detail"] == {"raw_score": 1.5}
+    assert rec["global"]["score"] == -1.0 and rec["global"]["detail"] == {"raw_score": -1.2}
+    fixes = rec["judge"]["import_fixes"]
+    assert {k: fixes[k] for k in ("regions_dropped", "boxes_clamped", "scores_clamped", "global_scores_clamped")} == \
+        {"regions_dropped": 4, "boxes_clamped": 1, "scores_clamped": 1, "global_scores_clamped": 1}
+    assert len(fixes["dropped"]) == 4 and fixes["dropped"][0].startswith("vlm_rewards[3]: bbox [10, 5, 10, 9] is empty")
+    # within a pixel of the frame is float noise: clamped silently, as for our own records
+    clean = reference_row()
+    clean["vlm_rewards"][2]["bbox"] = [0, 20, 64.5, 32]
+    assert "import_fixes" not in from_reference(clean, "r.jsonl:9", None)["judge"]
+
+
+def test_from_reference_genuine_zero_global_is_a_score():
+    row = reference_row()
+    row["vlm_rewards"][0]["score"] = 0.0
+    rec = from_reference(row, "r.jsonl:3", None)
+    assert rec["global"]["status"] == "ok" and rec["global"]["score"] == 0.0 and carries_reward(rec["global"])
 
 
 def test_reference_round_trip():
@@ -261,7 +292,9 @@ def test_export_and_import_reference(tmp_path):
     row = json.loads(dst.read_text())
     assert row["bad_image_file"] == "../run/images/a_0.png"
     counts = import_reference(dst, tmp_path / "run" / "imported.jsonl")
-    assert counts["written"] == 1 and counts["failed_global"] == 0
+    assert counts["written"] == 1 and counts["failed_global"] == 0 and counts["zero_global"] == 0
+    assert counts["import_fixes"] == {"regions_dropped": 0, "boxes_clamped": 0, "scores_clamped": 0,
+                                      "global_scores_clamped": 0, "rows_fixed": 0}
     back, errors = read_records(tmp_path / "run" / "imported.jsonl")
     assert errors == []
     assert back[0]["image_file"] == "images/a_0.png"

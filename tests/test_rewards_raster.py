@@ -17,6 +17,15 @@ def region(rid, bbox, score, mask=None, **extra):
     return out
 
 
+def coverage_config(**cfg):
+    """The area-coverage cell rule (the tests below were written for it). Signed maps keep
+    the ``max`` overlap these tests were written with unless a case names another."""
+    cfg.setdefault("cell_rule", "coverage")
+    if cfg.get("mode") == "signed":
+        cfg.setdefault("overlap", "max")
+    return RewardMapConfig(**cfg)
+
+
 def record(regions, width=64, height=32, global_score=0.6):
     glob = ({"score": global_score, "reason": "", "status": "ok", "method": "text"} if global_score is not None
             else {"score": None, "reason": "", "status": "failed", "method": "text"})
@@ -43,7 +52,7 @@ def two_regions(**kw):
 
 
 def weights(rec, grid=GRID, **cfg):
-    w, stats = reward_weights(rec, grid, RewardMapConfig(**cfg))
+    w, stats = reward_weights(rec, grid, coverage_config(**cfg))
     assert w.dtype == torch.float32 and tuple(w.shape) == tuple(grid)
     return w, stats
 
@@ -97,12 +106,12 @@ def test_no_regions_and_stats():
 def test_missing_global():
     rec = two_regions(global_score=None)
     with pytest.raises(GlobalRewardMissing, match="img_0: global judgment failed"):
-        reward_weights(rec, GRID, RewardMapConfig())
-    w, stats = reward_weights(rec, GRID, RewardMapConfig(mode="signed"), missing_global="neutral")
+        reward_weights(rec, GRID, coverage_config())
+    w, stats = reward_weights(rec, GRID, coverage_config(mode="signed"), missing_global="neutral")
     torch.testing.assert_close(w, torch.tensor([[0.2, 0.2, -0.3, -0.3], [0.0, -0.3, -0.3, -0.3]]))
     assert stats["alpha"] == 0.5 and stats["global_missing"] and stats["global_score"] is None
     # Without the global reward a failed global judgment does not matter.
-    w, stats = reward_weights(rec, GRID, RewardMapConfig(mode="signed", use_global=False))
+    w, stats = reward_weights(rec, GRID, coverage_config(mode="signed", use_global=False))
     torch.testing.assert_close(w, torch.tensor([[0.4, 0.4, -0.6, -0.6], [0.0, -0.6, -0.6, -0.6]]))
 
 
@@ -208,12 +217,12 @@ def test_broken_mask_is_a_record_error():
     rec = record([region(0, A, 0.4, mask=encode_rle(box_mask(A, 64, 32)))])
     rec["regions"][0]["mask"] = {"size": [32, 64], "counts": [5, 3]}
     with pytest.raises(RecordError, match="img_0 region 0: mask RLE counts"):
-        reward_weights(rec, GRID, RewardMapConfig(region_shape="mask"))
+        reward_weights(rec, GRID, coverage_config(region_shape="mask"))
     rec["regions"][0]["mask"] = {"size": [16, 64], "counts": [16 * 64]}
     with pytest.raises(RecordError, match=r"img_0 region 0: mask size \[16, 64\]"):
-        reward_weights(rec, GRID, RewardMapConfig(region_shape="mask"))
+        reward_weights(rec, GRID, coverage_config(region_shape="mask"))
     # Box regions do not read the mask.
-    reward_weights(rec, GRID, RewardMapConfig())
+    reward_weights(rec, GRID, coverage_config())
 
 
 # --------------------------------------------------------------------------- geometry
@@ -252,20 +261,20 @@ def test_crop_box():
     # Crop the middle 32 x 32 of the 64 x 32 image, grid (2, 2) of 16-px cells.
     # A (x 0..32) -> crop x 0..16: cell (0,0). B (x 24..64) -> crop x 8..32: half of column 0, all of column 1.
     rec = two_regions()
-    w, _ = reward_weights(rec, (2, 2), RewardMapConfig(mode="signed"), crop_box=(16, 0, 48, 32))
+    w, _ = reward_weights(rec, (2, 2), coverage_config(mode="signed"), crop_box=(16, 0, 48, 32))
     torch.testing.assert_close(w, torch.tensor([[0.32, -0.48], [-0.48, -0.48]]))
     masked = record([region(0, A, 0.4, mask=encode_rle(box_mask(A, 64, 32))),
                      region(1, B, -0.6, mask=encode_rle(box_mask(B, 64, 32)))])
-    wm, _ = reward_weights(masked, (2, 2), RewardMapConfig(mode="signed", region_shape="mask"),
+    wm, _ = reward_weights(masked, (2, 2), coverage_config(mode="signed", region_shape="mask"),
                            crop_box=(16, 0, 48, 32))
     torch.testing.assert_close(wm, w)
     with pytest.raises(ValueError, match="crop_box"):
-        reward_weights(rec, (2, 2), RewardMapConfig(), crop_box=(16, 0, 80, 32))
+        reward_weights(rec, (2, 2), coverage_config(), crop_box=(16, 0, 80, 32))
 
 
 def test_pixel_reward_map():
     rec = two_regions()
-    pixels = pixel_reward_map(rec, RewardMapConfig(mode="signed"))
+    pixels = pixel_reward_map(rec, coverage_config(mode="signed"))
     assert pixels.shape == (32, 64) and pixels.dtype == np.float32
     assert pixels[0, 0] == pytest.approx(0.32)       # A only
     assert pixels[5, 25] == pytest.approx(0.32)      # A and B: max
@@ -418,7 +427,7 @@ def test_matches_slow_reference_on_random_records(seed, band_form):
         rec = random_record(rng, width, height, int(rng.integers(1, 7)))
         for crop, grid in cases(rng, width, height):
             for cfg in CONFIGS:
-                config = RewardMapConfig(**cfg)
+                config = coverage_config(**cfg)
                 got, stats = reward_weights(rec, grid, config, crop_box=crop)
                 expected, expected_stats = reference_weights(rec, grid, config, crop)
                 where = f"{width}x{height} crop {crop} grid {grid} {cfg}"
@@ -433,7 +442,7 @@ def test_pixel_map_matches_reference_with_masks():
     rng = np.random.default_rng(7)
     rec = random_record(rng, 96, 80, 10)
     for cfg in CONFIGS:
-        config = RewardMapConfig(**cfg)
+        config = coverage_config(**cfg)
         expected, _ = reference_weights(rec, (80, 96), config)
         np.testing.assert_allclose(pixel_reward_map(rec, config), expected, atol=1e-6, rtol=0, err_msg=str(cfg))
 
@@ -446,16 +455,16 @@ def test_box_edges_on_cell_middles_count_half():
     expected = np.zeros((4, 8), dtype=np.float32)
     expected[1:3, 2:7] = 1.0
     expected[1, 2] = expected[1, 6] = 0.0  # corners: 0.5 * 0.5
-    got, _ = reward_weights(rec, (4, 8), RewardMapConfig(mode="signed", use_global=False))
+    got, _ = reward_weights(rec, (4, 8), coverage_config(mode="signed", use_global=False))
     np.testing.assert_array_equal(got.numpy(), expected)
     expected[1, :] = 0.0
     expected[:, 2] = expected[:, 6] = 0.0
-    got, _ = reward_weights(rec, (4, 8), RewardMapConfig(mode="signed", use_global=False,
+    got, _ = reward_weights(rec, (4, 8), coverage_config(mode="signed", use_global=False,
                                                           coverage_threshold=0.5 + 1e-5))
     np.testing.assert_array_equal(got.numpy(), expected)
     # Coarse: 2 x 2 cells of 4 x 2 pixels; the box covers half of cell (1, 0) in x.
     got, _ = reward_weights(record([region(0, [2.0, 2.0, 8.0, 4.0], 1.0)], width=8, height=4), (2, 2),
-                            RewardMapConfig(mode="signed", use_global=False))
+                            coverage_config(mode="signed", use_global=False))
     np.testing.assert_array_equal(got.numpy(), [[0.0, 0.0], [1.0, 1.0]])
 
 
@@ -465,7 +474,7 @@ def test_pixel_map_of_cropped_mask_is_the_mask():
     mask = rng.random((32, 64)) < 0.3
     rec = record([region(0, [0, 0, 64, 32], 0.5, mask=encode_rle(mask))])
     crop = (5, 3, 50, 30)
-    got, stats = reward_weights(rec, (27, 45), RewardMapConfig(mode="signed", use_global=False,
+    got, stats = reward_weights(rec, (27, 45), coverage_config(mode="signed", use_global=False,
                                                                region_shape="mask"), crop_box=crop)
     np.testing.assert_array_equal(got.numpy(), np.where(mask[3:30, 5:50], 0.5, 0.0).astype(np.float32))
     assert stats["regions_used"] == 1
@@ -474,6 +483,183 @@ def test_pixel_map_of_cropped_mask_is_the_mask():
     outside[:, 55:] = True
     rec = record([region(0, [55, 0, 64, 32], 0.5, mask=encode_rle(outside))])
     for grid in ((27, 45), (4, 4)):
-        got, stats = reward_weights(rec, grid, RewardMapConfig(region_shape="mask"), crop_box=crop)
+        got, stats = reward_weights(rec, grid, coverage_config(region_shape="mask"), crop_box=crop)
         assert stats["regions_used"] == 0 and stats["regions_empty"] == 1
         assert (got.numpy() == np.float32(0.5 * 0.8)).all()
+
+
+# --------------------------------------------------------------------------- the reference trainer's bilinear rule
+#
+# Written from the reference trainer's description, independently of srum.rewards.frame: a
+# float32 pixel map of the training frame starting at 0.5, each region's box corners
+# truncated with int() (after rescaling to the frame, our documented fix), a box whose
+# corners cross skipped, the rest clamped to the frame and raised to max(map, (s+1)/2),
+# the map multiplied by (g+1)/2 and brought to the latent grid by F.interpolate(bilinear,
+# align_corners=False).
+
+def reference_trainer_map(rec, grid, frame, crop=None):
+    fh, fw = frame
+    x0, y0, x1, y1 = (0.0, 0.0, float(rec["width"]), float(rec["height"])) if crop is None else crop
+    pixels = np.full((fh, fw), 0.5, dtype=np.float32)
+    for r in rec["regions"]:
+        if not carries_reward(r):
+            continue
+        bx1, by1, bx2, by2 = r["bbox"]
+        xa, xb = int((bx1 - x0) * fw / (x1 - x0)), int((bx2 - x0) * fw / (x1 - x0))
+        ya, yb = int((by1 - y0) * fh / (y1 - y0)), int((by2 - y0) * fh / (y1 - y0))
+        if xa >= xb or ya >= yb:
+            continue
+        xa, xb, ya, yb = max(0, xa), min(fw, xb), max(0, ya), min(fh, yb)
+        if xa < xb and ya < yb:
+            np.maximum(pixels[ya:yb, xa:xb], (r["score"] + 1.0) / 2.0, out=pixels[ya:yb, xa:xb])
+    pixels = pixels * ((rec["global"]["score"] + 1.0) / 2.0)
+    return torch.nn.functional.interpolate(torch.from_numpy(pixels)[None, None], size=grid, mode="bilinear",
+                                           align_corners=False)[0, 0]
+
+
+def trainer_like_record(rng):
+    """A saved image whose sides are not multiples of 16, with overlapping boxes, boxes
+    touching the image edges, boxes of a pixel or less in the frame and fractional corners."""
+    width, height = (int(v) for v in rng.integers(20, 300, size=2))
+    width, height = width + (width % 16 == 0), height + (height % 16 == 0)
+    regions = []
+    for i in range(int(rng.integers(0, 9))):
+        x1, y1 = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
+        x2 = rng.choice([rng.uniform(x1 + 0.1, width), float(width), x1 + rng.uniform(0.1, 2.0)])
+        y2 = rng.choice([rng.uniform(y1 + 0.1, height), float(height), y1 + rng.uniform(0.1, 2.0)])
+        box = [0.0 if rng.random() < 0.2 else x1, 0.0 if rng.random() < 0.2 else y1,
+               min(float(x2), width), min(float(y2), height)]
+        if rng.random() < 0.5:
+            box = [float(np.floor(box[0])), float(np.floor(box[1])), float(np.ceil(box[2])), float(np.ceil(box[3]))]
+        if i and rng.random() < 0.3:  # the same box as the previous region, another score
+            box = list(regions[-1]["bbox"])
+        failed = rng.random() < 0.1
+        score = None if failed else float(rng.choice([rng.uniform(-1, 1), 1.0, -1.0, 0.0]))
+        regions.append(region(i, box, score, **({"status": "failed"} if failed else {})))
+    return record(regions, width=width, height=height, global_score=float(rng.uniform(-1, 1)))
+
+
+def trainer_like_crop(rng, rec):
+    if rng.random() < 0.5:
+        return None
+    width, height = rec["width"], rec["height"]
+    x0, y0 = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
+    crop = (x0, y0, rng.uniform(x0 + 4, width), rng.uniform(y0 + 4, height))
+    return tuple(float(round(v)) for v in crop) if rng.random() < 0.5 else crop
+
+
+def test_official_map_equals_reference_trainer_on_random_records():
+    """400 random records: the default (official, bilinear) map equals the reference rule at
+    16 frame pixels per token, with and without crops; so does the pixel-resolution map."""
+    rng = np.random.default_rng(14)
+    largest = 0.0
+    for _ in range(400):
+        rec = trainer_like_record(rng)
+        crop = trainer_like_crop(rng, rec)
+        grid = (int(rng.integers(1, 24)), int(rng.integers(1, 24)))
+        frame = (16 * grid[0], 16 * grid[1])
+        got, stats = reward_weights(rec, grid, RewardMapConfig(), crop_box=crop)
+        expected = reference_trainer_map(rec, grid, frame, crop)
+        largest = max(largest, float((got - expected).abs().max()))
+        where = f"{rec['width']}x{rec['height']} {crop} {grid}"
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0, msg=where)
+        assert stats["regions_used"] + stats["regions_empty"] + stats["regions_unrewarded"] == len(rec["regions"])
+    assert largest < 1e-6
+
+
+def test_pixel_map_equals_reference_trainer_map_at_the_saved_size():
+    """At one cell per pixel with the frame the saved image, the boxes are used unscaled, as
+    the reference uses them: the map is the painted pixel map itself."""
+    rng = np.random.default_rng(15)
+    for _ in range(100):
+        rec = trainer_like_record(rng)
+        size = (rec["height"], rec["width"])
+        expected = reference_trainer_map(rec, size, size)
+        np.testing.assert_allclose(pixel_reward_map(rec, RewardMapConfig()), expected.numpy(), atol=1e-6, rtol=0)
+
+
+def test_bilinear_rule_at_box_edges_differs_from_coverage():
+    """The issue's examples on a 1024 x 1024 image, 64 x 64 tokens: a box ending at x = 520
+    reaches half of token column 32's two centre pixels (0.75), where the coverage rule
+    gives the whole token (8 of 16 pixels = half its area: 1.0); a 9 x 9 box over a token's
+    centre pixels gives that token 1.0, where its area coverage (81/256) leaves 0.5."""
+    edge = record([region(0, [0, 0, 520, 1024], 1.0)], width=1024, height=1024, global_score=1.0)
+    got, _ = reward_weights(edge, (64, 64), RewardMapConfig())
+    assert got[10, 32].item() == pytest.approx(0.75) and got[10, 31].item() == 1.0 and got[10, 33].item() == 0.5
+    old, _ = reward_weights(edge, (64, 64), RewardMapConfig(cell_rule="coverage"))
+    assert old[10, 32].item() == 1.0
+    small = record([region(0, [515, 515, 524, 524], 1.0)], width=1024, height=1024, global_score=1.0)
+    got, stats = reward_weights(small, (64, 64), RewardMapConfig())
+    assert got[32, 32].item() == 1.0 and (got.sum().item() - 1.0) == pytest.approx(0.5 * (64 * 64 - 1))
+    assert stats["regions_used"] == 1
+    old, stats = reward_weights(small, (64, 64), RewardMapConfig(cell_rule="coverage"))
+    assert old[32, 32].item() == 0.5 and stats["regions_empty"] == 1
+
+
+def test_bilinear_rule_rescales_boxes_to_the_training_frame():
+    """A 500 x 300 saved image trained at 512 x 304 (32 x 19 tokens): the boxes are
+    rescaled to the frame first (the reference would use them unscaled)."""
+    rec = record([region(0, [250, 0, 500, 300], 1.0)], width=500, height=300, global_score=1.0)
+    got, _ = reward_weights(rec, (19, 32), RewardMapConfig(), frame_hw=(304, 512))
+    # x = 250 -> 256 in the frame: token 16 starts there and is fully inside.
+    assert (got[:, 16:] == 1.0).all() and (got[:, :16] == 0.5).all()
+    np.testing.assert_allclose(got.numpy(), reference_trainer_map(rec, (19, 32), (304, 512)).numpy(), atol=1e-6)
+
+
+def test_bilinear_rule_masks_signed_and_overlaps():
+    """Mask regions under the bilinear rule: a frame pixel is in the mask when the saved
+    pixel under its centre is set, so a box-shaped mask gives its box's map; signed maps
+    and every overlap rule work on the sampled pixels."""
+    boxed = two_regions()
+    masked = record([region(0, A, 0.4, mask=encode_rle(box_mask(A, 64, 32))),
+                     region(1, B, -0.6, mask=encode_rle(box_mask(B, 64, 32)))])
+    for cfg in (dict(), dict(mode="signed"), dict(mode="signed", overlap="mean"), dict(overlap="last"),
+                dict(mode="signed", overlap="smallest")):
+        for grid in (GRID, (3, 5), (32, 64)):
+            expected, _ = reward_weights(boxed, grid, RewardMapConfig(**cfg))
+            got, stats = reward_weights(masked, grid, RewardMapConfig(region_shape="mask", **cfg))
+            torch.testing.assert_close(got, expected)
+            assert stats["mask_fallbacks"] == 0
+    # 16 px cells on the 64 x 32 image: a token reads pixels 7, 8 of its cell. B starts at
+    # x = 24, between the centre pixels 23 and 24 of column 1: the lower token there blends
+    # background and B (-0.24); the upper one is inside A, the smaller region (0.32).
+    got, _ = reward_weights(boxed, GRID, RewardMapConfig(mode="signed"), frame_hw=(32, 64))
+    torch.testing.assert_close(got, torch.tensor([[0.32, 0.32, -0.48, -0.48], [0.0, -0.24, -0.48, -0.48]]))
+
+
+# --------------------------------------------------------------------------- signed overlaps
+
+def test_signed_maps_let_a_nested_bad_region_repel():
+    """A badly drawn part (s = -0.8) inside a well drawn object's box (s = 0.6): under the
+    signed default (smallest region wins) the part gets its negative weight; under max it
+    would be hidden by the object's score and never repelled."""
+    rec = record([region(0, [0, 0, 64, 32], 0.6), region(1, [16, 0, 32, 16], -0.8)], global_score=1.0)
+    for rule in ("bilinear", "coverage"):
+        signed = RewardMapConfig(mode="signed", cell_rule=rule)
+        assert signed.overlap == "smallest"
+        got, _ = reward_weights(rec, GRID, signed)
+        torch.testing.assert_close(got, torch.tensor([[0.6, -0.8, 0.6, 0.6], [0.6, 0.6, 0.6, 0.6]]))
+        got, _ = reward_weights(rec, GRID, RewardMapConfig(mode="signed", cell_rule=rule, overlap="max"))
+        assert (got >= 0.6 - 1e-6).all()
+    # listed the other way round, the smaller region still wins; equal areas: the later one
+    flipped = record([region(1, [16, 0, 32, 16], -0.8), region(0, [0, 0, 64, 32], 0.6)], global_score=1.0)
+    got, _ = reward_weights(flipped, GRID, RewardMapConfig(mode="signed"))
+    assert got[0, 1].item() == pytest.approx(-0.8)
+    twins = record([region(0, A, 0.6), region(1, A, -0.4)], global_score=1.0)
+    got, _ = reward_weights(twins, GRID, RewardMapConfig(mode="signed"))
+    assert got[0, 0].item() == pytest.approx(-0.4)
+    assert RewardMapConfig().overlap == "max"  # official keeps the reference's rule
+
+
+def test_sample_level_region_mean_or_map_mean():
+    """region_mean: the plain mean of the region values, no floor ((0.7 + 0.2) / 2 * 0.8);
+    map_mean: the spatial map's mean, the official 0.5 floor and background included."""
+    rec = two_regions()
+    got, _ = reward_weights(rec, GRID, RewardMapConfig(sample_level=True))
+    torch.testing.assert_close(got, torch.full(GRID, 0.36))
+    spatial, _ = reward_weights(rec, GRID, RewardMapConfig())
+    got, stats = reward_weights(rec, GRID, RewardMapConfig(sample_level=True, sample_value="map_mean"))
+    torch.testing.assert_close(got, torch.full(GRID, float(spatial.double().mean())))
+    assert float(got[0, 0]) > 0.4 and stats["regions_used"] == 2          # above the floored background
+    with pytest.raises(ConfigError, match="sample_value"):
+        RewardMapConfig(sample_value="median")

@@ -55,6 +55,35 @@ def test_build_plans_every_sample_and_reports_what_it_leaves_out(tiny_model, rew
     assert dup.kept == 3 and len(dup.skipped_duplicate) == 4
 
 
+def test_reference_rows_are_read_leniently_and_zero_global_is_kept_unless_asked(tiny_model, tmp_path):
+    """Reference rows with one bad region keep the row; data_report.json counts each fix.
+    A global score of 0.0 is trained unless rewards.drop_zero_global asks for the
+    reference formatter's rule."""
+    from srum.training.data import write_report
+    ours = write_reward_dataset(tmp_path, [(64, 64), (64, 64), (64, 64)])
+    rows = []
+    for i, line in enumerate(ours.read_text().splitlines()):
+        rec = json.loads(line)
+        entries = [{"object": "global_layout_reward", "bbox": [0, 0, 64, 64], "score": 0.0 if i == 0 else 1.4},
+                   {"object": "cup", "bbox": [0, 0, 80, 64], "score": 0.5},
+                   {"object": "sliver", "bbox": [5, 5, 5, 9], "score": -0.5}]
+        rows.append(json.dumps({"bad_image_file": rec["image_file"], "good_image_file": rec["image_file"],
+                                "prompt": rec["prompt"], "vlm_rewards": entries}))
+    path = tmp_path / "reference.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    dataset, report = _build(tiny_model, [path])
+    assert report.kept == 3 and report.skipped_zero_global == []
+    assert report.import_fixes == {"regions_dropped": 3, "boxes_clamped": 3, "scores_clamped": 0,
+                                   "global_scores_clamped": 2, "rows_fixed": 3}
+    assert [len(info.record["regions"]) for info in dataset.infos] == [1, 1, 1]
+    assert "3 region(s) dropped" in report.summary()
+    write_report(report, str(tmp_path / "data_report.json"))
+    written = json.loads((tmp_path / "data_report.json").read_text())
+    assert written["import_fixes"]["regions_dropped"] == 3 and written["skipped_zero_global"] == []
+    _, dropped = _build(tiny_model, [path], drop_zero_global=True)
+    assert dropped.kept == 2 and dropped.skipped_zero_global == ["sample_000_0"]
+
+
 def test_oversize_and_too_large_images_are_errors_or_reported(tiny_model, reward_file):
     with pytest.raises(ValueError, match="sample_001_0' needs \\d+ tokens, more than data.max_num_tokens_per_sample=20"):
         _build(tiny_model, [reward_file], max_num_tokens_per_sample=20)

@@ -281,6 +281,14 @@ def test_freeze_switches(tiny_dir):
     assert "language_model.model.norm_moe_gen.weight" in und and "vae2llm.weight" in und
     heads = set(freeze(model, FreezeConfig(llm=True)))
     assert {n.split(".")[0] for n in heads} == {"time_embedder", "vae2llm", "llm2vae"}
+    # patterns freeze single tensors on top of the switches; one matching nothing is an error
+    patch = "vit_model.vision_model.embeddings.patch_embedding.*"
+    vit = set(freeze(model, FreezeConfig(vit=False, params=[patch])))
+    assert "vit_model.vision_model.embeddings.position_embedding.weight" in vit and "connector.fc1.weight" in vit
+    assert not any(n.startswith("vit_model.vision_model.embeddings.patch_embedding.") for n in vit)
+    assert vit == names | {n for n in vit if n.startswith(("vit_model.", "connector."))}
+    with pytest.raises(ValueError, match=r"freeze.params: \['vit_model.patch\*'\] match no parameter"):
+        freeze(model, FreezeConfig(vit=False, params=["vit_model.patch*"]))
 
 
 def test_configs_and_peak_flops():

@@ -177,7 +177,8 @@ def test_large_image_map_on_panel_grid(tmp_path):
     card = draw_card(rec)
     dw, dh, sx, _ = display_size(600, 520)
     assert card.reward_map.shape == (dh, dw) == (444, 512)
-    np.testing.assert_array_equal(card.reward_map, reward_weights(rec, (dh, dw), RewardMapConfig())[0].numpy())
+    expected, _ = reward_weights(rec, (dh, dw), RewardMapConfig(), frame_hw=(dh, dw))
+    np.testing.assert_array_equal(card.reward_map, expected.numpy())
     box = card.layout.map_box
     assert _px(card.image, box, 100, 100) == OFFICIAL_MAP_SCALE.color(1.0)
     assert _px(card.image, box, 400, 400) == OFFICIAL_MAP_SCALE.color(0.5)

@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grids", default="pixel,latent",
                    help="comma-separated grids: pixel (size x size) and/or latent (size/16 per side)")
     p.add_argument("--mode", default="official", choices=["official", "signed"], help="reward map mode")
+    p.add_argument("--cell-rule", default="bilinear", choices=["bilinear", "coverage"],
+                   help="bilinear (the reference trainer's maps, the default) or coverage (area coverage)")
     return p.parse_args(argv)
 
 
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     record = bench_record(args.size, args.regions, args.seed)
     reporter = Reporter("rasterizer", env, args.out, args.md)
     for grid, shape in itertools.product(grids, shapes):
-        cfg = RewardMapConfig(mode=args.mode, region_shape=shape)
+        cfg = RewardMapConfig(mode=args.mode, region_shape=shape, cell_rule=args.cell_rule)
         if grid == "pixel":
             cells = (args.size, args.size)
             fn = lambda: pixel_reward_map(record, cfg)  # noqa: E731
@@ -78,8 +80,8 @@ def main(argv=None) -> None:
     reporter.finish(
         [("case", "case"), ("grid_h", "grid h"), ("grid_w", "grid w"), ("s_per_map", "s/map (median)"),
          ("maps_per_s", "maps/s")],
-        notes=[f"{args.size}x{args.size} record, {args.regions} regions, mode {args.mode}; mask cases decode the RLE "
-               "masks inside every call."])
+        notes=[f"{args.size}x{args.size} record, {args.regions} regions, mode {args.mode}, cell rule {args.cell_rule}; "
+               "mask cases decode the RLE masks inside every call."])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from srum import distributed
-from srum.config import to_dict
 from srum.data.prompts import PromptItem
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
@@ -143,7 +142,7 @@ def generate_prompt_images(cfg, work: PromptJobs, info: distributed.DistInfo, *,
     folders = {p.category: category_folder(p.category) for p in work.prompts}
     layout = RunLayout(Path(cfg.out_dir))
     out = ShardedOutput(layout.images, work.keys, info)
-    sampling = to_dict(cfg.sampling)
+    sampling = cfg.sampling.generate_kwargs()   # what was drawn with (the think prompt's text included)
     model_name = model_name or str(cfg.model.path)
 
     def row(i: int, drawn: DrawnImage) -> dict:

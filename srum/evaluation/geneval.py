@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srum import distributed
-from srum.config import to_dict
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, log_skipped, run_items
 from srum.stages.generate import SamplingConfig, image_seed
@@ -122,7 +121,7 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
     keys = [f"{p.index:05d}/{k:04d}" for p, k in jobs]
     out_dir = Path(cfg.out_dir)
     out = ShardedOutput(out_dir, keys, info)
-    sampling = to_dict(cfg.sampling)
+    sampling = cfg.sampling.generate_kwargs()   # what was drawn with (the think prompt's text included)
 
     def save(i: int, image) -> str:
         prompt, k = jobs[i]

@@ -81,9 +81,12 @@ class AlignmentScore:
 _SCORE_KEYS = {"score", "alignment_score", "alignment", "overall_score", "final_score", "rating", "overall_rating"}
 _EXPLANATION_KEYS = {"explanation", "reason", "reasoning", "rationale", "justification", "analysis", "comment"}
 _NUM = r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)"
-_SCORE_LINE = re.compile(
-    rf"(?<![A-Za-z])[\"'*_`#]*(?:(?:final|overall|alignment)[ _])?(?:score|rating)[\"'*_`]*\s*"
-    rf"(?:\([^()\n]*\)\s*)?[:=][\s*_`\"']*(?P<num>{_NUM})", re.IGNORECASE)
+_SCORE_FIELD = (rf"(?<![A-Za-z])[\"'*_`#]*(?:(?:final|overall|alignment)[ _])?(?:score|rating)[\"'*_`]*\s*"
+                rf"(?:\([^()\n]*\)\s*)?[:=][\s*_`\"']*(?P<num>{_NUM})")
+# A score field that starts its line wins over one mentioned in running text (e.g. inside
+# the explanation: "Explanation: a score: 95 would need ...").
+_SCORE_LINE = re.compile(rf"^[ \t]*(?:[-+>]+[ \t]*|\d+[.)][ \t]*)?{_SCORE_FIELD}", re.IGNORECASE | re.MULTILINE)
+_SCORE_ANYWHERE = re.compile(_SCORE_FIELD, re.IGNORECASE)
 _EXPLANATION_LINE = re.compile(r"(?<![A-Za-z])[\"'*_`#]*(?:explanation|reason)[\"'*_`]*\s*:[\s*_`\"']*(?P<text>[^\n]*)",
                                re.IGNORECASE)
 _BARE = re.compile(rf"[\s*_`\"'(\[]*(?P<num>{_NUM})(?P<rest>[^\n]*?)[\s*_`\"')\].]*")
@@ -158,11 +161,13 @@ def parse_alignment_score(text: str) -> AlignmentScore:
             break
     if errors:
         raise ParseError(errors[0])
-    lines = list(_SCORE_LINE.finditer(answer))
+    found = list(_EXPLANATION_LINE.finditer(answer))
+    lines = list(_SCORE_LINE.finditer(answer)) or [
+        m for m in _SCORE_ANYWHERE.finditer(answer)
+        if not any(e.start("text") <= m.start() < e.end("text") for e in found)]
     if lines:
         last = lines[-1]
         score = _checked(float(last["num"]), answer[last.end("num"):])
-        found = list(_EXPLANATION_LINE.finditer(answer))
         explanation = found[-1]["text"].strip().rstrip("\"',}").strip() if found else ""
         return AlignmentScore(score, explanation, "line")
     bare = _BARE.fullmatch(answer.strip())

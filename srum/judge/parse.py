@@ -12,7 +12,10 @@ accepts, in this order of preference:
    written as strings (``"0.6"``);
 2. ``key: value`` lines (``Score: 0.6``, ``**Final score:** -0.4``, ``Rating = 0.5``,
    ``Score (from -1 to 1): 0.3``), the last score line winning, with ``Reason:`` and
-   ``Identified Object:``/``Object:``/``Label:`` lines;
+   ``Identified Object:``/``Object:``/``Label:`` lines. A score line starts its line: a
+   ``score: 0.9`` inside a reason's text never wins over it; a score field in running
+   text ("... so I give it a score: 0.6") counts only when no line starts with one, and
+   never inside a reason;
 3. an answer that is nothing but a number.
 
 Before that, the reasoning is removed: everything up to the last ``</think>``. An
@@ -69,10 +72,15 @@ _NUM = r"[+\-\u2212\u2013]?(?:\d+(?:[.,]\d+)?\.?|\.\d+)"
 _WRAP = r"[\s*_`\"'\[(]*"  # markdown/quotes/brackets between a key and its value
 _SCORE_NAME = (r"(?:(?:final|overall|global(?:[ _]layout)?|layout|local|region)[ _])?"
                r"(?:score|rating|reward)")
-_SCORE_LINE = re.compile(
+_SCORE_FIELD = (
     rf"(?<![A-Za-z])(?<!confidence )(?<!confidence_)[\"'*_`#]*{_SCORE_NAME}[\"'*_`]*\s*"  # key, not "confidence score"
-    rf"(?:\([^()\n]*\)\s*)?[\"'*_`]*\s*[:=]{_WRAP}(?P<num>{_NUM})",                     # "(from -1 to 1)", ":" or "="
-    re.IGNORECASE)
+    rf"(?:\([^()\n]*\)\s*)?[\"'*_`]*\s*[:=]{_WRAP}(?P<num>{_NUM})")                    # "(from -1 to 1)", ":" or "="
+# A score field that starts its line (after indentation, a bullet or a list number): the
+# answer's score line. "Reason: a higher score: 0.9 would need ..." mentions a score inside
+# the reason text; such a mention never wins over a score line.
+_SCORE_LINE = re.compile(rf"^[ \t]*(?:[-+>]+[ \t]*|\d+[.)][ \t]*)?{_SCORE_FIELD}", re.IGNORECASE | re.MULTILINE)
+# A score field anywhere: used only when no line starts with one, and never inside a reason.
+_SCORE_ANYWHERE = re.compile(_SCORE_FIELD, re.IGNORECASE)
 # what may follow a score and change its meaning
 _AFTER_RANGE = re.compile(rf"[ \t]*(?:to|-|\u2013|~|\.\.)[ \t]*{_NUM}(?![\d])", re.IGNORECASE)
 _AFTER_PERCENT = re.compile(r"\s*%")
@@ -268,21 +276,38 @@ def _first_string(obj: Any, keys: set[str]) -> str | None:
 
 
 # ------------------------------------------------------------------ line layout
+def _reason_spans(answer: str) -> list[tuple[int, int]]:
+    """(start, end) of every reason field's text: from after ``Reason:`` to the next
+    ``Key:`` line (or the end)."""
+    spans = []
+    for r in _REASON_LINE.finditer(answer):
+        nxt = _KEY_LINE_START.search(answer[r.start("text"):], pos=1)
+        spans.append((r.start("text"), r.start("text") + nxt.start() if nxt else len(answer)))
+    return spans
+
+
+def _score_field(answer: str, reasons: list[tuple[int, int]]) -> re.Match | None:
+    """The answer's score: the last line that starts with a score field; else the last
+    score field outside every reason text."""
+    lines = list(_SCORE_LINE.finditer(answer))
+    if lines:
+        return lines[-1]
+    loose = [m for m in _SCORE_ANYWHERE.finditer(answer)
+             if not any(start <= m.start() < end for start, end in reasons)]
+    return loose[-1] if loose else None
+
+
 def _from_lines(answer: str, want_label: bool) -> ParsedJudgment | None:
-    matches = list(_SCORE_LINE.finditer(answer))
-    if not matches:
+    reasons = _reason_spans(answer)
+    last = _score_field(answer, reasons)
+    if last is None:
         return None
-    last = matches[-1]
     score, raw, clamped = _checked_score(_read_number(last["num"]), answer, last.end("num"))
     reason = ""
-    reasons = list(_REASON_LINE.finditer(answer))
     if reasons:
-        r = reasons[-1]
-        body = answer[r.start("text"):]
-        nxt = _KEY_LINE_START.search(body, pos=1)
-        reason = body[:nxt.start()] if nxt else body
+        start, end = reasons[-1]
         # a "reason": "..." line of JSON too broken to load: drop the closing quote/brace
-        reason = re.sub(r"[\"']?\s*[}\]]+\s*$", "", reason.strip())
+        reason = re.sub(r"[\"']?\s*[}\]]+\s*$", "", answer[start:end].strip())
     label = None
     if want_label:
         labels = [m for m in _LABEL_LINE.finditer(answer) if m["text"].strip()]

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import PIL.Image
 import torch
 
+from srum.models.bagel.prompts import read_think_prompt
 from srum.models.bagel.transforms import to_rgb
 from srum.regions import RegionView, show_region
 
@@ -44,6 +45,7 @@ class JudgeConfig:
     mode: Literal["text", "logits"] = "text"   # parsed written answers, or expected score from logits
     think: bool = True                  # text mode: reason inside <think> ... </think> before answering
     think_system_prompt: str | None = None   # None: the backend's own (Bagel's think prompt for "self")
+    think_system_prompt_file: str | None = None   # or read it from this file (e.g. the trained wording)
     max_new_tokens: int = 1024          # text mode: reply budget per attempt, reasoning included
     retries: int = 2                    # text mode: sampled re-asks after an unparseable answer
     retry_temperature: float = 0.7      # text mode: sampling temperature of those re-asks
@@ -67,6 +69,8 @@ class JudgeConfig:
             raise ValueError(f"min_scale_mass must be in [0, 1], got {self.min_scale_mass}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.think_system_prompt is not None and self.think_system_prompt_file is not None:
+            raise ValueError("give think_system_prompt or think_system_prompt_file, not both")
         if self.backend == "qwen2_5_vl" and not self.judge_model:
             raise ValueError("backend qwen2_5_vl needs judge_model (a checkpoint directory or hub id)")
 
@@ -176,7 +180,8 @@ def _questions(image: PIL.Image.Image, prompt: str, regions: list[dict], cfg: Ju
 
 # ------------------------------------------------------------------ text mode
 def _ask_text(backend, questions: list[_Question], cfg: JudgeConfig, generator) -> None:
-    system = (cfg.think_system_prompt or backend.think_system_prompt) if cfg.think else None
+    given = read_think_prompt(cfg.think_system_prompt, cfg.think_system_prompt_file, "judge") if cfg.think else None
+    system = (given or backend.think_system_prompt) if cfg.think else None
     pending = list(questions)
     for attempt in range(1 + cfg.retries):
         if not pending:

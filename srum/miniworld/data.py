@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,9 @@ class DataConfig:
     one_object_share: the share of those scenes with exactly one object (the rest: 1-4 at
         random); simple scenes make the picture the only way to answer, which is what gets a
         ViT trained from scratch to carry the picture's content at all.
+    question_kinds: the plain question kinds asked (``tasks.QUESTION_KINDS``; empty: all).
+        One kind at a time is how a model that answers from the question alone first learns
+        to look at the picture (measured: TRAIN.md, "The miniature world").
     judge_scenes: (prompt, scene) pairs, half of them violating it (:func:`world.sample_negative_scene`),
         each asked the judge's global question and local + relevance questions for up to
         two regions.
@@ -53,11 +56,17 @@ class DataConfig:
     vqa_scenes: int = 30000
     one_object_share: float = 0.0
     questions_per_scene: int = 3
+    question_kinds: list[str] = field(default_factory=list)
     detection_prob: float = 0.3
     judge_scenes: int = 10000
     corrupt_prob: float = 0.5
     seed: int = 0
     workers: int = 0
+
+    def __post_init__(self):
+        bad = [k for k in self.question_kinds if k not in tasks.QUESTION_KINDS]
+        if bad:
+            raise ValueError(f"data.question_kinds: {bad} are not question kinds {list(tasks.QUESTION_KINDS)}")
 
 
 def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
@@ -93,7 +102,7 @@ def _vqa_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
         n_objects = 1 if one else int(rng.integers(1, 5))
         scene = W.sample_training_scene(rng, n_objects)
         rel = _save(W.render(scene), out, f"images/vqa/{i:07d}.png")
-        qas = tasks.scene_questions(scene, rng, cfg.questions_per_scene)
+        qas = tasks.scene_questions(scene, rng, cfg.questions_per_scene, cfg.question_kinds)
         if rng.random() < cfg.detection_prob:
             qas.append(("detect", tasks.DETECTION_QUESTION, tasks.detection_answer(scene)))
         for k, (kind, question, answer) in enumerate(qas):

@@ -55,6 +55,12 @@ class PretrainConfig:
         copies it (weights, autoencoder, tokenizer: the vocabulary must not change), so
         training stages with different data mixes chain (a curriculum). The model config
         and the autoencoder settings are then not used.
+    reinit_vit: with init_from, give the ViT and connector fresh weights by model_config's
+        init rule (``init_std``, ``vit_patch_zero_mean``) and the seed: the stage that
+        teaches reading pictures to a model whose ViT learnt nothing (generation does not
+        use them, so what it draws is kept).
+    samples: the data modes phase 3 trains on, any of t2i / cot / vqa (their files of
+        the data phase).
     export_dtype / export_weights: dtype of the exported weights and which ones ("auto": the
         EMA when the run kept one; "model": the trained weights). device: "auto" (cuda when
         available)."""
@@ -68,14 +74,25 @@ class PretrainConfig:
     autoencoder_images: int = 20000
     autoencoder_from: str | None = None
     init_from: str | None = None
+    reinit_vit: bool = False
+    samples: list[str] = field(default_factory=lambda: ["t2i", "cot", "vqa"])
     seed: int = 0
     export_dtype: str = "bfloat16"
     export_weights: Literal["auto", "ema", "model"] = "auto"
     device: str = "auto"
 
 
+SAMPLE_MODES = ("t2i", "cot", "vqa")
+
+
 def load_pretrain_config(path, overrides=()) -> PretrainConfig:
-    return load_config(PretrainConfig, path, overrides)
+    cfg = load_config(PretrainConfig, path, overrides)
+    bad = [m for m in cfg.samples if m not in SAMPLE_MODES]
+    if bad or not cfg.samples:
+        raise ValueError(f"{path}: samples must be a non-empty subset of {list(SAMPLE_MODES)}, got {cfg.samples}")
+    if cfg.reinit_vit and not cfg.init_from:
+        raise ValueError(f"{path}: reinit_vit needs init_from (a random model's ViT is new anyway)")
+    return cfg
 
 
 def _resolve(path: str) -> Path:
@@ -177,8 +194,9 @@ def build_initial_model(cfg: PretrainConfig, data_dir: Path, out: Path, device: 
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def copy_initial_model(source: str, out: Path) -> dict:
-    """Phase 2 with ``init_from``: the given model directory, copied file by file."""
+def copy_initial_model(source: str, out: Path, reinit_vit_spec: dict | None = None, seed: int = 0) -> dict:
+    """Phase 2 with ``init_from``: the given model directory, copied file by file; with
+    ``reinit_vit_spec`` (a model config) its ViT and connector then get fresh weights."""
     import shutil
 
     from ..models.bagel.checkpoint import find_weights
@@ -190,14 +208,22 @@ def copy_initial_model(source: str, out: Path) -> dict:
     for f in src.iterdir():
         if f.is_file() and f.name != "done.json":
             shutil.copy2(f, out / f.name)
-    return {"init_from": str(src)}
+    if reinit_vit_spec is None:
+        return {"init_from": str(src)}
+    from ..models.bagel.checkpoint import load_model, save_model
+    from ..models.bagel.tiny import reinit_understanding_tower
+    weights = find_weights(out)
+    model = load_model(out, dtype=torch.float32, device="cpu")
+    reinit_understanding_tower(model, reinit_vit_spec, seed)
+    save_model(model, out, weights_name=weights.name)
+    return {"init_from": str(src), "reinit_vit": True, "seed": seed}
 
 
 def _train_config(cfg: PretrainConfig, init_dir: Path, data_dir: Path, train_dir: Path):
     from ..training.config import load_train_config
     overrides = list(cfg.train_overrides) + [
         f"output_dir={train_dir}", f"model.path={init_dir}",
-        "data.samples=" + json.dumps([str(data_dir / n) for n in ("t2i.jsonl", "cot.jsonl", "vqa.jsonl")]),
+        "data.samples=" + json.dumps([str(data_dir / f"{mode}.jsonl") for mode in cfg.samples]),
     ]
     return load_train_config(_resolve(cfg.train_config), overrides)
 
@@ -219,8 +245,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     init = _done(init_dir)
     if init is None:
-        init = copy_initial_model(cfg.init_from, init_dir) if cfg.init_from else \
-            build_initial_model(cfg, data_dir, init_dir, device)
+        if cfg.init_from:
+            from ..models.bagel.tiny import load_tiny_spec
+            spec = load_tiny_spec(_resolve(cfg.model_config)) if cfg.reinit_vit else None
+            init = copy_initial_model(cfg.init_from, init_dir, spec, cfg.seed)
+        else:
+            init = build_initial_model(cfg, data_dir, init_dir, device)
         _mark(init_dir, init)
     report["init"] = {k: v for k, v in init.items() if k != "autoencoder_curve"}
 

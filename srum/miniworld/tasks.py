@@ -34,7 +34,7 @@ Answer rules for the judge questions (the rubric's bands, :mod:`srum.judge.rubri
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -88,13 +88,15 @@ def _relation_holds(a: W.WorldObject, b: W.WorldObject, relation: str) -> bool:
     return bool(W.relation_holds(a, relation, b))
 
 
-def scene_questions(scene: W.Scene, rng: np.random.Generator, k: int) -> list[tuple[str, str, str]]:
-    """Up to ``k`` (kind, question, answer) triples about ``scene``, kinds mixed at random.
+def scene_questions(scene: W.Scene, rng: np.random.Generator, k: int,
+                    kinds: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """Up to ``k`` (kind, question, answer) triples about ``scene``, kinds mixed at random
+    (only ``kinds``, of :data:`QUESTION_KINDS`, when given).
 
     Answers are one word (Yes/No, a colour, a shape, a fill, a size) or one digit."""
     objs = list(scene.objects)
     out: list[tuple[str, str, str]] = []
-    makers = [_ask_exists, _ask_color, _ask_shape, _ask_fill, _ask_size, _ask_count, _ask_relation]
+    makers = list(_MAKERS.values()) if not kinds else [_MAKERS[kind] for kind in kinds]
     for _ in range(4 * k):
         if len(out) >= k:
             break
@@ -288,3 +290,9 @@ def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Ge
     return out
 
 
+
+
+# kind -> question maker; the order fixes which maker a random draw picks
+_MAKERS = {"exists": _ask_exists, "color": _ask_color, "shape": _ask_shape, "fill": _ask_fill,
+           "size": _ask_size, "count": _ask_count, "relation": _ask_relation}
+QUESTION_KINDS = tuple(_MAKERS)

@@ -122,6 +122,27 @@ class ReportSpec:
 
 
 @dataclass
+class ThinkPromptsSpec:
+    """Think-mode system prompts for every stage of the pipeline (each as text or a file;
+    None = the stage's own setting, else srum's built-in wording). ``generation``: the
+    generate stage's and the evaluation's ``sampling.think_system_prompt``;
+    ``understanding``: the self-judge's ``judge.think_system_prompt`` (backend self). A
+    stage config that sets its own wins. The file is read when the stage is planned, so a
+    changed text re-runs the stage. BAGEL-7B-MoT was trained with the wording in the Bagel
+    repository's ``inferencer.py`` (``GEN_THINK_SYSTEM_PROMPT``, ``VLM_THINK_SYSTEM_PROMPT``)."""
+
+    generation: str | None = None
+    generation_file: str | None = None
+    understanding: str | None = None
+    understanding_file: str | None = None
+
+    def __post_init__(self):
+        for kind in ("generation", "understanding"):
+            if getattr(self, kind) is not None and getattr(self, f"{kind}_file") is not None:
+                raise ValueError(f"think_prompts: give {kind} or {kind}_file, not both")
+
+
+@dataclass
 class PipelineConfig:
     """run_dir: every stage's folder lives under it. rounds: self-iterations; round k+1
     starts from round k's exported model. seed_per_round: round k generates with the
@@ -146,6 +167,7 @@ class PipelineConfig:
     export: ExportSpec = field(default_factory=ExportSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    think_prompts: ThinkPromptsSpec = field(default_factory=ThinkPromptsSpec)
 
     def __post_init__(self):
         if self.rounds < 1:

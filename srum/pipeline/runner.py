@@ -95,6 +95,17 @@ class Pipeline:
             raise ConfigError(f"{self.config_path or 'pipeline'}: {name} stage ({getattr(self.cfg, name).config}): "
                               f"{err}") from None
 
+    def _with_think_prompt(self, data: dict, section: str, kind: str) -> dict:
+        """``data`` with the pipeline's ``think_prompts.<kind>`` text as
+        ``<section>.think_system_prompt``, unless the stage sets its own."""
+        from ..models.bagel.prompts import read_think_prompt
+        spec = self.cfg.think_prompts
+        text = read_think_prompt(getattr(spec, kind), getattr(spec, f"{kind}_file"), f"think_prompts.{kind}")
+        own = data.get(section) or {}
+        if text is None or own.get("think_system_prompt") is not None or own.get("think_system_prompt_file"):
+            return data
+        return merge(data, {section: {"think_system_prompt": text}})
+
     def _datasets(self, names: list[str], kind: str) -> tuple[list[str], dict]:
         files, selection = [], {}
         for name in names:
@@ -172,6 +183,7 @@ class Pipeline:
         seed = int(data.get("seed", 0)) + (round_index - 1 if self.cfg.seed_per_round else 0)
         data = merge(data, {"model": {"path": model}, "prompts": files, "out_dir": str(rd / "generate"),
                             "seed": seed, **selection})
+        data = self._with_think_prompt(data, "sampling", "generation")
         plan = StagePlan("generate", rd / "generate", self._checked(GenerateConfig, data, "generate"), model_inputs,
                          ["manifest.jsonl", "summary.json"], self._launched("generate"))
         return self.execute(plan)
@@ -194,6 +206,7 @@ class Pipeline:
                                                  "out_dir": str(rd / "judge")})
         if ((data.get("judge") or {}).get("backend") or "self") == "self":
             data = merge(data, {"model": {"path": model}})
+            data = self._with_think_prompt(data, "judge", "understanding")
         plan = StagePlan("judge", rd / "judge", self._checked(JudgeStageConfig, data, "judge"),
                          {propose.label: self._run_id(propose)}, ["rewards.jsonl", "summary.json"],
                          self._launched("judge"))
@@ -228,6 +241,7 @@ class Pipeline:
     def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
         benchmark = self.cfg.eval.benchmark
         data = merge(self._stage_yaml("eval"), {"model": {"path": model}, "out_dir": str(out)})
+        data = self._with_think_prompt(data, "sampling", "generation")
         if self.cfg.data.eval:   # compbench only (checked with the config)
             files, selection = self._datasets(self.cfg.data.eval, "prompts")
             data = merge(data, {"prompts": files, **selection})

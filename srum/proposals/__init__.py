@@ -10,6 +10,7 @@ rules) and :mod:`.grounding` (the model's own yes/no relevance filter).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,9 +37,27 @@ class ProposalConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
 
+def _filter_settings(cfg: ProposalConfig) -> tuple[CleanupConfig, GroundingConfig]:
+    """Where ``top_k`` applies. Filter off: in the cleanup, the largest (the reference's
+    rule). Filter on: the cleanup passes the ``grounding_pool`` largest to the filter, and
+    the filter keeps at most ``top_k`` of the regions it accepts, the most relevant."""
+    top_k = cfg.cleanup.top_k
+    if not cfg.grounding.enabled or not top_k:
+        return cfg.cleanup, cfg.grounding
+    cleanup = dataclasses.replace(cfg.cleanup, top_k=cfg.cleanup.grounding_pool)
+    max_keep = top_k if cfg.grounding.max_keep is None else min(top_k, cfg.grounding.max_keep)
+    grounding = dataclasses.replace(cfg.grounding, max_keep=max_keep, min_keep=min(cfg.grounding.min_keep, max_keep))
+    return cleanup, grounding
+
+
 def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model,
                       cfg: ProposalConfig, self_boxes_answer: str | None = None) -> tuple[list[dict], dict]:
     """Proposals (SAM, or the model's own boxes) -> cleanup -> grounding for one image.
+
+    With the filter on, the filter sees the ``cleanup.grounding_pool`` largest cleaned
+    regions and at most ``cleanup.top_k`` of those it accepts are kept (the most relevant;
+    ``stats["grounding"]["removed_by_max_keep"]`` counts the others, which stay in the list
+    as not kept); with it off, the ``top_k`` largest are kept.
 
     Returns ``(regions, stats)``. ``regions``: every region that survived cleanup, kept
     ones first, then those the grounding filter rejected, each group largest first;
@@ -59,8 +78,9 @@ def propose_for_image(image: PIL.Image.Image, prompt: str, mask_generator, model
         extra["self_boxes_answer"] = answer
     else:
         proposed = propose_regions(image, mask_generator)
-    cleaned, cleanup_counts = clean_regions(proposed, image.size, cfg.cleanup)
-    grounded, grounding_stats = ground_regions(model, image, prompt, cleaned, cfg.grounding)
+    cleanup_cfg, grounding_cfg = _filter_settings(cfg)
+    cleaned, cleanup_counts = clean_regions(proposed, image.size, cleanup_cfg)
+    grounded, grounding_stats = ground_regions(model, image, prompt, cleaned, grounding_cfg)
 
     def is_kept(region: dict) -> bool:
         return region["grounding"] is None or region["grounding"]["kept"]

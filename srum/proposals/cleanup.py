@@ -16,7 +16,10 @@ wastes model calls and lets one object dominate the reward map. The rules, in or
    ``containment`` of its own area lies inside an already kept larger region (parts of
    an object: the handle of a cup). ``None`` disables the rule.
 5. ``top_k``: keep the ``top_k`` largest survivors (the reference SRUM keeps the 10
-   largest masks, without rules 1-4).
+   largest masks, without rules 1-4). With the self-grounding filter on,
+   :func:`srum.proposals.propose_for_image` cuts here to ``grounding_pool`` instead, so
+   the filter also sees small relevant objects, and applies ``top_k`` after the filter
+   to the regions it accepts (the most relevant first).
 
 Regions without a mask (``"mask": None``, e.g. imported boxes) make rules 3 and 4 use
 box geometry for the whole image. Mask overlaps are computed on a sample grid of at most
@@ -47,7 +50,14 @@ class CleanupConfig:
       (1 disables).
     * ``containment``: drop a region when >= this fraction of it lies inside a kept larger
       region (``None`` disables).
-    * ``top_k``: at most this many regions, the largest (``None``: no limit).
+    * ``top_k``: at most this many regions, the largest (``None``: no limit). With the
+      self-grounding filter on, at most this many regions *kept by the filter*, the most
+      relevant (see ``grounding_pool``).
+    * ``grounding_pool``: with the filter on, the filter sees this many of the largest
+      cleaned regions (``None``: all), so a small relevant object beyond the ``top_k``
+      largest is still asked about; must be >= ``top_k`` (unused when ``top_k`` is null:
+      the filter then sees every region). Each region costs the filter
+      1/``batch_size`` of a model forward.
     * ``overlap_grid``: longest side of the sample grid used for mask overlaps.
     """
 
@@ -56,6 +66,7 @@ class CleanupConfig:
     nms_iou: float = 0.7
     containment: float | None = 0.9
     top_k: int | None = 10
+    grounding_pool: int | None = 30
     overlap_grid: int = 256
 
     def __post_init__(self):
@@ -69,6 +80,9 @@ class CleanupConfig:
             raise ValueError(f"containment must be in (0, 1] or null, got {self.containment}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 or null, got {self.top_k}")
+        if self.grounding_pool is not None and self.top_k is not None and self.grounding_pool < max(self.top_k, 1):
+            raise ValueError(f"grounding_pool must be null or >= max(top_k, 1) (top_k {self.top_k}), "
+                             f"got {self.grounding_pool}")
         if self.overlap_grid < 1:
             raise ValueError(f"overlap_grid must be >= 1, got {self.overlap_grid}")
 

@@ -1,7 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
 """Reward record -> dense per-cell weight map ``alpha * R`` for the SRUM loss.
 
-The map is computed on a grid covering the whole (optionally cropped) saved image: the
+Two rules decide which cells a region reaches (``RewardMapConfig.cell_rule``):
+
+* ``"bilinear"`` (default): the reference trainer's rule, in :mod:`.frame`: a pixel map
+  at the training resolution with integer box corners, read by a bilinear resize to the
+  grid (each latent token sees the 2 x 2 pixels at the middle of its 16 x 16 cell);
+* ``"coverage"``: the area rule described below, independent of the resolution.
+
+Under the coverage rule the map is computed on a grid covering the whole (optionally cropped) saved image: the
 latent-token grid for training (``h = H'/16, w = W'/16`` after the training resize) or the
 pixel grid for pictures. Boxes and masks live in the saved image's pixels and are mapped
 through normalised coordinates, so a resize of any aspect ratio lands them on the right
@@ -45,6 +52,8 @@ import torch
 
 from ..config import ConfigError
 from ..records import RecordError, carries_reward
+from .frame import LATENT_CELL_PIXELS, bilinear_map
+from .members import _Member, _member_of_dense, _ones_runs, _paint, _region_areas, _shift
 
 __all__ = ["RewardMapConfig", "GlobalRewardMissing", "reward_weights", "pixel_reward_map"]
 
@@ -63,7 +72,8 @@ class RewardMapConfig:
     mode ["official"]: ``"official"`` is the reference trainer's rule, which produced the
         published results: the map starts at the background (0.5), each region raises the
         cells it covers to ``max(map, (s+1)/2)``, and the whole map is multiplied by
-        ``alpha = (g+1)/2``. Every weight is in [0, 1]; a badly drawn region merely keeps
+        ``alpha = (g+1)/2`` (with ``cell_rule="bilinear"`` the maps equal the reference
+        trainer's, boxes rescaled to the training resize). Every weight is in [0, 1]; a badly drawn region merely keeps
         the background weight, so nothing is ever repelled. ``"signed"`` is the paper's
         formulation: ``R = s`` in [-1, 1] inside regions, background elsewhere, weight
         ``alpha * R``; negative regions get negative weight and push the prediction away
@@ -71,9 +81,13 @@ class RewardMapConfig:
     region_shape ["box"]: ``"box"`` uses each region's bbox (as the reference does);
         ``"mask"`` uses its segmentation mask, falling back to the box when a region has
         none (counted in the stats as ``mask_fallbacks``).
-    overlap ["max"]: how a cell inside several regions combines their values: ``"max"``
-        (the reference's rule), ``"mean"`` (average of the covering regions' values) or
-        ``"last"`` (the region listed last in the record wins).
+    overlap [None = "max" for official, "smallest" for signed]: how a cell inside several
+        regions combines their values: ``"max"`` (the reference's rule), ``"mean"``
+        (average of the covering regions' values), ``"last"`` (the region listed last in
+        the record wins) or ``"smallest"`` (the region of smallest area wins: the most
+        specific judgment, e.g. a badly drawn hand inside a well drawn person's box). Signed
+        maps default to ``"smallest"`` because under ``"max"`` a bad region nested in a
+        better region's box never gets its negative weight, so it is never repelled.
     background [None]: value of cells outside every region; None = the mode's default,
         0.5 for official (where it is also a floor under region values) and 0.0 for signed
         (no reward outside judged regions).
@@ -81,26 +95,43 @@ class RewardMapConfig:
         (ablation "no global reward"; a failed global judgment is then irrelevant).
     binarize [False]: ablation "0/1 reward": a region's value becomes 1 if ``s > 0`` else
         0 (official) or +1 / -1 (signed) instead of the dense score.
-    sample_level [False]: ablation "no spatial map": every cell gets one scalar, the plain
-        mean of the rewarded regions' values (official ``(s+1)/2``, signed ``s``, after
-        ``binarize``; no background floor), or the background when no region is rewarded;
-        still multiplied by ``alpha``.
-    coverage_threshold [0.5]: a cell belongs to a region when at least this fraction of its
-        area is inside the region; in (0, 1].
+    sample_level [False]: ablation "no spatial map": every cell gets one scalar (see
+        ``sample_value``), still multiplied by ``alpha``. The paper has no such ablation;
+        it is ours.
+    sample_value ["region_mean"]: the scalar of ``sample_level``. ``"region_mean"``: the
+        plain mean of the rewarded regions' values (official ``(s+1)/2``, signed ``s``,
+        after ``binarize``; no background floor, however small the regions), or the
+        background when no region is rewarded. ``"map_mean"``: the mean of the spatial map
+        over the image (background and official floor included): the same total weight
+        as the spatial map, spread evenly.
+    cell_rule ["bilinear"]: which cells a region reaches. ``"bilinear"`` is the reference
+        trainer's rule (see :mod:`.frame`): the map is painted at the training resolution
+        with integer box corners and resized bilinearly to the grid, so a token reads the
+        2 x 2 pixels at the middle of its 16 x 16 cell and a box edge through a cell gives
+        a blend. ``"coverage"``: a cell takes a region's value when at least
+        ``coverage_threshold`` of its area is inside the region (no blends; the same map
+        at every resolution of the same picture).
+    coverage_threshold [0.5]: under ``cell_rule="coverage"``, a cell belongs to a region
+        when at least this fraction of its area is inside the region; in (0, 1].
     """
 
     mode: Literal["official", "signed"] = "official"
     region_shape: Literal["box", "mask"] = "box"
-    overlap: Literal["max", "mean", "last"] = "max"
+    overlap: Literal["max", "mean", "last", "smallest"] | None = None
     background: float | None = None
     use_global: bool = True
     binarize: bool = False
     sample_level: bool = False
+    sample_value: Literal["region_mean", "map_mean"] = "region_mean"
     coverage_threshold: float = 0.5
+    cell_rule: Literal["bilinear", "coverage"] = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.overlap is None and self.mode in ("official", "signed"):
+            self.overlap = "max" if self.mode == "official" else "smallest"
         choices = {"mode": ("official", "signed"), "region_shape": ("box", "mask"),
-                   "overlap": ("max", "mean", "last")}
+                   "overlap": ("max", "mean", "last", "smallest"), "cell_rule": ("bilinear", "coverage"),
+                   "sample_value": ("region_mean", "map_mean")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"reward map {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -150,24 +181,6 @@ def _box_axis_coverage(boxes: np.ndarray, crop: tuple[float, float, float, float
     v2 = np.clip((boxes[:, 3] - y0) / (y1 - y0), 0.0, 1.0)
     h, w = grid_hw
     return _overlap_fraction(v1, v2, h), _overlap_fraction(u1, u2, w)
-
-
-def _ones_runs(rle, width: int, height: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """COCO uncompressed RLE -> the runs of set pixels as flat column-major ``[start, end)``
-    offsets (two int64 arrays, increasing; empty runs dropped). Nothing is decoded."""
-    try:
-        size = [int(v) for v in rle["size"]]
-        counts = np.asarray(rle["counts"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as err:
-        raise RecordError(f"{where}: mask is not an uncompressed RLE: {err}") from None
-    if size != [height, width]:
-        raise RecordError(f"{where}: mask size {size} != [height, width] = [{height}, {width}]")
-    if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != height * width:
-        raise RecordError(f"{where}: mask RLE counts must be non-negative and sum to {height}*{width}")
-    ends = np.cumsum(counts)
-    starts, ends = (ends - counts)[1::2], ends[1::2]  # odd runs are the set pixels
-    keep = ends > starts
-    return starts[keep], ends[keep]
 
 
 def _column_pieces(starts: np.ndarray, ends: np.ndarray, height: int) -> tuple[np.ndarray, ...]:
@@ -323,30 +336,6 @@ def _mask_cell_coverage(pieces: tuple[np.ndarray, ...], crop: tuple[float, float
 _DIRECT_BOX_CELLS = 1 << 14
 
 
-@dataclasses.dataclass(frozen=True)
-class _Member:
-    """The cells a region claims: ``block`` [len(rows), len(cols)] bool of the sub-grid
-    ``[rows, cols]`` (possibly a strided view), or None when it claims all of it."""
-
-    rows: slice
-    cols: slice
-    block: np.ndarray | None = None
-
-
-def _shift(part: slice, offset: int) -> slice:
-    return slice(part.start + offset, part.stop + offset)
-
-
-def _member_of_dense(member: np.ndarray) -> _Member | None:
-    """[h, w] bool -> the member's bounding sub-grid (None when empty)."""
-    rows, cols = np.flatnonzero(member.any(axis=1)), np.flatnonzero(member.any(axis=0))
-    if rows.size == 0:
-        return None
-    rs, cs = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-    block = member[rs, cs]
-    return _Member(rs, cs, None if block.all() else block)
-
-
 def _box_member(row_cov: np.ndarray, col_cov: np.ndarray, threshold: float) -> _Member | None:
     """A box's cells from its row and column coverages ([h], [w] float64).
 
@@ -423,6 +412,12 @@ def _check_grid(grid_hw) -> tuple[int, int]:
     return int(grid_hw[0]), int(grid_hw[1])
 
 
+def _check_frame(frame_hw, grid_hw: tuple[int, int]) -> tuple[int, int]:
+    if frame_hw is None:
+        return grid_hw[0] * LATENT_CELL_PIXELS, grid_hw[1] * LATENT_CELL_PIXELS
+    return _check_grid(tuple(frame_hw)) if isinstance(frame_hw, (tuple, list)) else _check_grid(frame_hw)
+
+
 def _check_crop(crop_box, width: int, height: int, where: str) -> tuple[float, float, float, float]:
     if crop_box is None:
         return 0.0, 0.0, float(width), float(height)
@@ -457,47 +452,10 @@ def _region_members(rewarded: list[dict], config: RewardMapConfig, crop: tuple[f
             for i, region in enumerate(rewarded)]
 
 
-def _paint(members: list[_Member | None], values: np.ndarray, config: RewardMapConfig, alpha: float,
-           grid_hw: tuple[int, int]) -> np.ndarray:
-    """Combine the regions' values over their cells -> weights ``alpha * R`` [h, w] float32.
-
-    ``max`` and ``last`` paint each region's final weight over its cells in an order that
-    leaves the winner on top (ascending value; record order), so no per-region map exists.
-    ``mean`` accumulates a float64 sum and a count per cell."""
-    background = config.background_value
-    official = config.mode == "official"
-    if config.overlap == "mean":
-        total, count = np.zeros(grid_hw, dtype=np.float64), np.zeros(grid_hw, dtype=np.int32)
-        for member, value in zip(members, values):
-            if member is None:
-                continue
-            sub_total, sub_count = total[member.rows, member.cols], count[member.rows, member.cols]
-            np.add(sub_total, value, out=sub_total, where=True if member.block is None else member.block)
-            np.add(sub_count, 1, out=sub_count, where=True if member.block is None else member.block)
-        combined = total / np.maximum(count, 1)
-        if official:
-            combined = np.maximum(combined, background)  # background is a floor
-        return (alpha * np.where(count > 0, combined, background)).astype(np.float32)
-
-    # official: the background floors every region value, max(v, background)
-    region_weight = (alpha * (np.maximum(values, background) if official else values)).astype(np.float32)
-    out = np.full(grid_hw, np.float32(alpha * background), dtype=np.float32)
-    order = np.argsort(values, kind="stable") if config.overlap == "max" else range(len(members))
-    for i in order:
-        member = members[i]
-        if member is None:
-            continue
-        view = out[member.rows, member.cols]
-        if member.block is None:
-            view[...] = region_weight[i]
-        else:
-            np.copyto(view, region_weight[i], where=member.block)
-    return out
-
-
 def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConfig,
                    crop_box: tuple[float, float, float, float] | None = None,
-                   missing_global: Literal["skip", "neutral"] = "skip") -> tuple[torch.Tensor, dict]:
+                   missing_global: Literal["skip", "neutral"] = "skip",
+                   frame_hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict]:
     """Weight map ``alpha * R`` of one validated record on a ``grid_hw`` grid.
 
     Args:
@@ -510,13 +468,18 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
         missing_global: what a failed global judgment means when ``config.use_global``:
             ``"skip"`` raises :class:`GlobalRewardMissing` (the caller drops the sample);
             ``"neutral"`` uses ``g = 0`` (``alpha = 0.5``). A 0.0 is never invented silently.
+        frame_hw: (H', W') pixels of the training frame the grid covers, where the bilinear
+            rule paints its map (the resized training image); None = 16 pixels per cell
+            (the latent grid of a training image). Give ``grid_hw`` itself for a map at
+            one cell per pixel. Unused by the coverage rule.
 
     Returns:
         (weights [h, w] float32, stats) with stats keys ``alpha``, ``global_score``
         (None when failed), ``global_missing``, ``mean``/``min``/``max`` of the weights,
-        ``regions_total``, ``regions_used`` (rewarded and covering at least one cell),
-        ``regions_unrewarded`` (failed or filtered out), ``regions_empty`` (rewarded but
-        covering no cell at this resolution), ``mask_fallbacks``.
+        ``regions_total``, ``regions_used`` (rewarded and reaching at least one cell; under
+        the bilinear rule: covering a frame pixel the resize reads), ``regions_unrewarded``
+        (failed or filtered out), ``regions_empty`` (rewarded but reaching no cell at this
+        resolution), ``mask_fallbacks``.
     """
     if missing_global not in ("skip", "neutral"):
         raise ValueError(f"missing_global must be 'skip' or 'neutral', got {missing_global!r}")
@@ -544,17 +507,25 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
     background = config.background_value
     values = config.region_value(torch.tensor([float(r["score"]) for r in rewarded], dtype=torch.float64))
 
-    if config.sample_level or not rewarded:
-        scalar = values.mean().item() if config.sample_level and rewarded else background
+    region_mean = config.sample_level and config.sample_value == "region_mean"
+    if region_mean or not rewarded:
+        scalar = values.mean().item() if region_mean and rewarded else background
         weights = np.full((h, w), np.float32(alpha * scalar), dtype=np.float32)
         if config.sample_level:
             stats["regions_used"] = len(rewarded)
+    elif config.cell_rule == "bilinear":
+        frame = _check_frame(frame_hw, (h, w))
+        weights, stats["regions_used"] = bilinear_map(rewarded, values.numpy(), config, alpha, crop, width,
+                                                       height, (h, w), frame, where, stats)
+        stats["regions_empty"] = len(rewarded) - stats["regions_used"]
     else:
         members = _region_members(rewarded, config, crop, width, height, (h, w), where, stats)
         stats["regions_used"] = sum(m is not None for m in members)
         stats["regions_empty"] = len(rewarded) - stats["regions_used"]
-        weights = _paint(members, values.numpy(), config, alpha, (h, w))
+        weights = _paint(members, values.numpy(), config, alpha, (h, w), _region_areas(rewarded, config))
 
+    if config.sample_level and config.sample_value == "map_mean":
+        weights = np.full((h, w), np.float32(weights.mean(dtype=np.float64)), dtype=np.float32)
     weights = torch.from_numpy(weights)
     stats.update(mean=float(weights.mean()), min=float(weights.min()), max=float(weights.max()))
     return weights, stats
@@ -563,6 +534,6 @@ def reward_weights(record: dict, grid_hw: tuple[int, int], config: RewardMapConf
 def pixel_reward_map(record: dict, config: RewardMapConfig,
                      missing_global: Literal["skip", "neutral"] = "skip") -> np.ndarray:
     """Weight map at the saved image's pixel resolution, ``[H, W]`` float32 (for pictures)."""
-    weights, _ = reward_weights(record, (int(record["height"]), int(record["width"])), config,
-                                missing_global=missing_global)
+    pixels = (int(record["height"]), int(record["width"]))
+    weights, _ = reward_weights(record, pixels, config, missing_global=missing_global, frame_hw=pixels)
     return weights.numpy()

@@ -23,6 +23,7 @@ from srum import distributed
 from srum.config import to_dict
 from srum.data.prompts import PromptItem, read_prompts
 from srum.distributed import DistInfo
+from srum.models.bagel.prompts import read_think_prompt
 
 from .common import ModelConfig, lazy_model, log_skipped, run_items
 from .images import DrawnImage, image_batch_processor, png_saver
@@ -47,11 +48,22 @@ class SamplingConfig:
     max_think_tokens: int = 1000
     think_do_sample: bool = False      # greedy CoT (default) is independent of batching
     think_temperature: float = 0.3
+    # think mode's system prompt: None = srum's own paraphrase (see srum.models.bagel.prompts;
+    # BAGEL-7B-MoT was trained with the Bagel inferencer's GEN_THINK_SYSTEM_PROMPT)
+    think_system_prompt: str | None = None
+    think_system_prompt_file: str | None = None   # or read it from this file
+
+    def __post_init__(self):
+        if self.think_system_prompt is not None and self.think_system_prompt_file is not None:
+            raise ValueError("sampling: give think_system_prompt or think_system_prompt_file, not both")
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments of ``Bagel.generate_image`` for these settings."""
+        """Keyword arguments of ``Bagel.generate_image`` for these settings (the think
+        prompt file read into ``think_system_prompt``)."""
         kwargs = to_dict(self)
         kwargs["cfg_interval"] = tuple(kwargs["cfg_interval"])
+        kwargs["think_system_prompt"] = read_think_prompt(kwargs["think_system_prompt"],
+                                                          kwargs.pop("think_system_prompt_file"), "sampling")
         return kwargs
 
 
@@ -130,7 +142,7 @@ def run_generate(cfg: GenerateConfig) -> dict:
                            cfg.num_images_per_prompt)
     out_dir = Path(cfg.out_dir)
     out = ShardedOutput(out_dir, work.keys, info)
-    sampling = to_dict(cfg.sampling)
+    sampling = cfg.sampling.generate_kwargs()   # what was drawn with (the think prompt's text included)
 
     def row(i: int, drawn: DrawnImage) -> dict:
         prompt, k = work.jobs[i]

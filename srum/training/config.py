@@ -36,12 +36,16 @@ class FreezeConfig:
         understanding expert of every layer plus embeddings, final norm and lm_head, i.e.
         the text path; the generation expert still trains. The lm_head trains only when
         ``data.samples`` is given (vqa/cot cross-entropy) and neither llm nor und_expert
-        is frozen; reward records alone compute no logits."""
+        is frozen; reward records alone compute no logits.
+    params: further parameters kept fixed, as ``fnmatch`` patterns over parameter names
+        (e.g. ``vit_model.vision_model.embeddings.patch_embedding.*``); each pattern must
+        match at least one parameter, so a typo is an error, not a silent no-op."""
 
     vit: bool = True
     vae: bool = True
     llm: bool = False
     und_expert: bool = False
+    params: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.vae:
@@ -107,10 +111,15 @@ class RewardsConfig:
     """enabled: false trains plain flow matching (every weight 1, lambda_c 0 unless set).
     missing_global: a record whose global judgment failed is skipped at start ("skip",
         counted and logged) or trained with g = 0 ("neutral").
+    drop_zero_global: leave out records whose global score is exactly 0 (counted in
+        data_report.json), as the reference's formatter does: its parser turns a failed
+        judgment into 0.0, so it drops every g = 0 row. Ours tells a failure from a genuine
+        neutral 0.0, so by default (false) a 0.0 is trained like any other score.
     map: how a record becomes the per-token weight map (see RewardMapConfig)."""
 
     enabled: bool = True
     missing_global: Literal["skip", "neutral"] = "skip"
+    drop_zero_global: bool = False
     map: RewardMapConfig = field(default_factory=RewardMapConfig)
 
 
@@ -120,12 +129,22 @@ class LossConfig:
     enabled, else 0.0); it applies to reward records only.
     timestep_shift: t' = s*t / (1 + (s-1)*t) applied to t = sigmoid(n) (SRUM: 1.0).
     mse_weight / ce_weight: total = mse_weight * (flow-matching loss per latent token) +
-    ce_weight * (cross-entropy per text-loss token), each normalised by its own global count."""
+    ce_weight * (cross-entropy per text-loss token), each normalised by its own global count.
+    repel: what a negative reward weight (signed maps) does, kept bounded: "saturate"
+        (default: w * repel_scale * (1 - exp(-mse / repel_scale)), the literal w * mse near
+        the sample, levelling off at w * repel_scale) or "clamp" (weights below
+        -repel_floor * lambda_c are raised to it, so w + lambda_c > 0). The literal w * mse
+        has no minimum when w < -lambda_c and is not offered (see srum.training.loss).
+    repel_scale: tau of "saturate", in per-token mse units (> 0).
+    repel_floor: "clamp" keeps w >= -repel_floor * lambda_c; in [0, 1)."""
 
     lambda_c: float | None = None
     timestep_shift: float = 1.0
     mse_weight: float = 1.0
     ce_weight: float = 1.0
+    repel: Literal["saturate", "clamp"] = "saturate"
+    repel_scale: float = 1.0
+    repel_floor: float = 0.5
 
     def __post_init__(self):
         if self.lambda_c is not None and self.lambda_c < 0:
@@ -135,6 +154,18 @@ class LossConfig:
                              f"{self.ce_weight}")
         if self.timestep_shift <= 0:
             raise ValueError(f"loss.timestep_shift must be > 0, got {self.timestep_shift}")
+        if not self.repel_scale > 0:
+            raise ValueError(f"loss.repel_scale must be > 0, got {self.repel_scale}")
+        if not 0.0 <= self.repel_floor < 1.0:
+            raise ValueError(f"loss.repel_floor must be in [0, 1), got {self.repel_floor}")
+
+    def repel_rule(self, lambda_c: float):
+        """The :class:`srum.training.loss.RepelRule` of these settings at constraint weight
+        ``lambda_c`` (the one in effect)."""
+        from .loss import RepelRule
+        if self.repel == "clamp":
+            return RepelRule("clamp", floor=-self.repel_floor * lambda_c)
+        return RepelRule("saturate", scale=self.repel_scale)
 
 
 @dataclass
@@ -276,6 +307,11 @@ class TrainConfig:
         if self.loss.lambda_c is not None:
             return self.loss.lambda_c
         return 0.5 if self.rewards.enabled and self.data.rewards else 0.0
+
+    @property
+    def repel_rule(self):
+        """The bounded rule negative reward weights train with (see srum.training.loss)."""
+        return self.loss.repel_rule(self.lambda_c)
 
     @property
     def trains_lm_head(self) -> bool:

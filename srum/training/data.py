@@ -42,6 +42,7 @@ import torch
 from ..models.bagel.tokenizer import SpecialTokens, encode_text
 from ..models.bagel.transforms import ImageTransform, to_rgb
 from ..records import carries_reward, read_records
+from ..reference_import import tally_import_fixes
 from ..rewards.raster import RewardMapConfig, reward_weights
 from .layout import (IMAGE_FRAME_TOKENS, PackedInputs, PackPaths, TextSegment, TrainSample, VitSegment, layout_pack,
                      to_packed_batch)
@@ -98,19 +99,35 @@ class DatasetReport:
     skipped_missing_global: list[str] = field(default_factory=list)
     skipped_oversize: list[str] = field(default_factory=list)
     skipped_duplicate: list[str] = field(default_factory=list)
+    skipped_zero_global: list[str] = field(default_factory=list)
     kept_by_mode: dict[str, int] = field(default_factory=dict)
+    # reference rows read leniently (srum.reference_import): regions dropped, boxes and
+    # scores clamped, summed over the records read; the rows themselves are kept
+    import_fixes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"files": self.files, "records_read": self.records_read, "kept": self.kept,
                 "bad_lines": self.bad_lines, "skipped_missing_global": self.skipped_missing_global,
                 "skipped_oversize": self.skipped_oversize, "skipped_duplicate": self.skipped_duplicate,
-                "kept_by_mode": self.kept_by_mode}
+                "skipped_zero_global": self.skipped_zero_global, "kept_by_mode": self.kept_by_mode,
+                "import_fixes": self.import_fixes}
+
+    def add_import_fixes(self, records: list[dict]) -> None:
+        for key, count in tally_import_fixes(records).items():
+            self.import_fixes[key] = self.import_fixes.get(key, 0) + count
 
     def summary(self) -> str:
         text = (f"{self.kept} samples from {self.records_read} records in {len(self.files)} file(s); "
                 f"left out: {len(self.bad_lines)} bad line(s), {len(self.skipped_missing_global)} with a failed "
                 f"global judgment, {len(self.skipped_oversize)} over the per-sample token cap, "
                 f"{len(self.skipped_duplicate)} duplicate image id(s)")
+        if self.skipped_zero_global:
+            text += f", {len(self.skipped_zero_global)} with a global score of 0 (rewards.drop_zero_global)"
+        if self.import_fixes.get("rows_fixed"):
+            fixes = self.import_fixes
+            text += (f"; reference rows read leniently: {fixes['regions_dropped']} region(s) dropped, "
+                     f"{fixes['boxes_clamped']} box(es) and {fixes['scores_clamped'] + fixes['global_scores_clamped']}"
+                     f" score(s) clamped in {fixes['rows_fixed']} row(s)")
         if set(self.kept_by_mode) - {"reward"}:
             text += " (kept: " + ", ".join(f"{n} {m}" for m, n in self.kept_by_mode.items()) + ")"
         return text
@@ -201,7 +218,9 @@ class RewardDataset:
             raise AssertionError(f"{rec['image_path']}: transform gave {tuple(image.shape[1:])}, planned {info.size}")
         h, w = info.grid
         if self.rewards_enabled and info.mode == "reward":
-            weights, stats = reward_weights(rec, (h, w), self.map_config, missing_global=self.missing_global)
+            # the map is painted in the resized image's pixels (the bilinear rule's frame)
+            weights, stats = reward_weights(rec, (h, w), self.map_config, missing_global=self.missing_global,
+                                            frame_hw=(info.size[1], info.size[0]))
             weights = weights.reshape(-1)
         else:
             weights, stats = torch.ones(h * w), {}
@@ -244,8 +263,8 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
                   max_num_tokens_per_sample: int, oversize: str, rewards_enabled: bool,
                   map_config: RewardMapConfig, missing_global: str, text_dropout_prob: float,
                   timestep_shift: float, seed: int, resample_noise_each_epoch: bool = True,
-                  extra_files: list[str] = (), extra_rows: Callable | None = None
-                  ) -> tuple[RewardDataset, DatasetReport]:
+                  extra_files: list[str] = (), extra_rows: Callable | None = None,
+                  drop_zero_global: bool = False) -> tuple[RewardDataset, DatasetReport]:
     """Read every reward file and plan every sample (sizes, grids, token counts).
 
     ``extra_rows(infos, report, seen, plan)`` appends further samples after the reward
@@ -256,7 +275,8 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
     Records are left out only for reasons the returned report lists: unreadable lines,
     a failed global judgment when ``missing_global="skip"`` (and the global reward is
     used), more tokens than ``max_num_tokens_per_sample`` when ``oversize="skip"``, an
-    image id already seen in an earlier file. Raises ValueError when nothing is left, on
+    image id already seen in an earlier file, a global score of exactly 0 when
+    ``drop_zero_global`` (the reference formatter's rule). Raises ValueError when nothing is left, on
     an oversize sample with ``oversize="error"``, or when an image's latent grid exceeds
     the model's position table, or when an image is missing or not the size its record
     says (image headers are read here, so such errors surface before training)."""
@@ -284,6 +304,7 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
         records, errors = read_records(path, on_error="skip")
         report.records_read += len(records) + len(errors)
         report.bad_lines += errors
+        report.add_import_fixes(records)
         for rec in records:
             image_id = rec["image_id"]
             if image_id in seen:
@@ -292,6 +313,9 @@ def build_dataset(files: list[str], tokenizer, special: SpecialTokens, *, max_im
             seen[image_id] = os.fspath(path)
             if need_global and not carries_reward(rec["global"]):
                 report.skipped_missing_global.append(image_id)
+                continue
+            if drop_zero_global and carries_reward(rec["global"]) and rec["global"]["score"] == 0.0:
+                report.skipped_zero_global.append(image_id)
                 continue
             _check_image_header(rec["image_path"], rec, "image")
             if rec.get("reference_image_path"):

@@ -16,6 +16,25 @@ Plain flow matching (the SFT baseline) is the special case ``w_n = 1`` and
 reward records have ``w_n = 1`` and take no part in the constraint term
 (``constraint_weight`` 0), so they are plain flow matching whatever ``lambda_c`` is.
 
+Negative weights ("repel") are bounded. Taken literally, the formula has no minimum when a
+token's weight is below ``-lambda_c`` and the constraint image is the sample (the released
+data): the per-token loss is ``(w + lambda_c) * mse`` and training pushes the prediction away
+forever. The paper's intent is to push away from badly drawn regions, not to infinity, so a
+negative weight goes through a :class:`RepelRule`:
+
+* ``saturate`` (default): ``w * tau * (1 - exp(-mse / tau))`` for ``w < 0``. It equals
+  ``w * mse`` near the sample (same push at the start) and levels off at ``w * tau``
+  once the prediction is a few ``tau`` away, so the per-token loss is at least ``w * tau``;
+  with the constraint term the minimum sits at a finite distance (``mse = tau * ln(-w /
+  lambda_c)`` when ``x0 = x0gt`` and ``-w > lambda_c``).
+* ``clamp``: the weight is raised to ``max(w, floor)`` with ``floor = -repel_floor *
+  lambda_c`` (``repel_floor`` < 1), so ``w + lambda_c > 0``: a quadratic with a minimum,
+  whatever the constraint image. With ``lambda_c = 0`` nothing is repelled.
+* ``linear``: the literal formula, unbounded; for analysis only (the training config does
+  not offer it).
+
+Positive weights are never changed; the official map (weights in [0, 1]) is unaffected.
+
 Text samples (vqa answers, cot plans) add a cross-entropy term normalised the same way
 by the number of cross-entropy tokens on all ranks (:func:`text_ce_sum`); the trainer
 weighs the two with ``loss.mse_weight`` and ``loss.ce_weight``.
@@ -29,9 +48,42 @@ tokens on ranks that happen to hold fewer of them.)
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import torch
 
-__all__ = ["flow_matching_terms", "srum_loss", "text_ce_sum"]
+__all__ = ["RepelRule", "flow_matching_terms", "srum_loss", "text_ce_sum"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RepelRule:
+    """What a negative reward weight does (see the module docstring).
+
+    kind: ``"saturate"``, ``"clamp"`` or ``"linear"``; scale: ``tau`` of ``saturate`` (> 0);
+    floor: the smallest weight ``clamp`` lets through (<= 0)."""
+
+    kind: Literal["saturate", "clamp", "linear"] = "saturate"
+    scale: float = 1.0
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("saturate", "clamp", "linear"):
+            raise ValueError(f"repel kind must be saturate, clamp or linear, got {self.kind!r}")
+        if not self.scale > 0:
+            raise ValueError(f"repel scale must be > 0, got {self.scale}")
+        if self.floor > 0:
+            raise ValueError(f"repel floor must be <= 0, got {self.floor}")
+
+    def weighted(self, weight: torch.Tensor, mse: torch.Tensor) -> torch.Tensor:
+        """[N] weights, [N] per-token mse -> [N] reward-term contributions."""
+        if self.kind == "linear":
+            return weight * mse
+        if self.kind == "clamp":
+            return weight.clamp(min=self.floor) * mse
+        # saturate: tau * (1 - exp(-mse / tau)) = -tau * expm1(-mse / tau), for w < 0 only
+        bounded = -self.scale * torch.expm1(-mse / self.scale)
+        return weight * torch.where(weight < 0, bounded, mse)
 
 
 def _per_token_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,7 +93,8 @@ def _per_token_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
                         x0_gt: torch.Tensor | None, weight: torch.Tensor,
-                        constraint_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        constraint_weight: torch.Tensor | None = None,
+                        repel: RepelRule = RepelRule()) -> tuple[torch.Tensor, torch.Tensor]:
     """Reward-weighted and constraint flow-matching terms of one rank, as SUMS over tokens.
 
     Args:
@@ -52,10 +105,12 @@ def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
         weight: [N] per-token reward weight ``alpha * R`` (any sign).
         constraint_weight: [N] per-token weight of the constraint term (1 reward records,
             0 plain samples and padding); None = 1 for every token.
+        repel: how negative weights act (bounded by default; see :class:`RepelRule`).
 
     Returns:
         (reward_sum, constraint_sum), float32 scalars:
-        ``sum_n weight_n * mse(velocity_n, noise_n - x0_n)`` and
+        ``sum_n weight_n * mse(velocity_n, noise_n - x0_n)`` (negative weights through
+        ``repel``) and
         ``sum_n mse(velocity_n, noise_n - x0_gt_n)``, where mse averages over D.
         They are sums, not means: :func:`srum_loss` divides by the token count over ALL ranks.
     """
@@ -70,7 +125,7 @@ def flow_matching_terms(velocity: torch.Tensor, noise: torch.Tensor, x0: torch.T
         raise ValueError(f"constraint_weight must be [N] = [{velocity.shape[0]}], got shape "
                          f"{tuple(constraint_weight.shape)}")
     mse_sample = _per_token_mse(velocity, noise - x0)
-    reward_sum = (weight.float() * mse_sample).sum()
+    reward_sum = repel.weighted(weight.float(), mse_sample).sum()
     mse_gt = mse_sample if x0_gt is None else _per_token_mse(velocity, noise - x0_gt)
     if constraint_weight is not None:
         return reward_sum, (constraint_weight.float() * mse_gt).sum()

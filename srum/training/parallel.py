@@ -20,6 +20,8 @@ training images under ``no_grad`` (84M parameters, cheap to replicate).
 """
 from __future__ import annotations
 
+import fnmatch
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +102,21 @@ def freeze(model: Bagel, cfg: FreezeConfig, train_lm_head: bool = False) -> list
     lm_head trains only with ``train_lm_head`` (cross-entropy samples; see
     ``TrainConfig.trains_lm_head``) and when neither llm nor und_expert is frozen."""
     trainable = []
+    unmatched = set(cfg.params)
     for name, param in model.named_parameters():
+        by_pattern = {p for p in cfg.params if fnmatch.fnmatchcase(name, p)}
+        unmatched -= by_pattern
         frozen = ((name.startswith(LM_HEAD) and not train_lm_head)
                   or (cfg.vit and name.startswith(VIT_PARTS))
                   or (cfg.llm and name.startswith(LLM_PREFIX))
-                  or (cfg.und_expert and _is_und_expert(name)))
+                  or (cfg.und_expert and _is_und_expert(name))
+                  or bool(by_pattern))
         param.requires_grad_(not frozen)
         if not frozen:
             trainable.append(name)
+    if unmatched:
+        raise ValueError(f"freeze.params: {sorted(unmatched)} match no parameter of the model "
+                         "(names look like 'vit_model.vision_model.embeddings.patch_embedding.weight')")
     if not trainable:
         raise ValueError("every parameter is frozen: nothing to train (check the freeze section)")
     return trainable

@@ -185,7 +185,8 @@ def train_step(tm: TrainingModel, optimizer: torch.optim.Optimizer, ema: EMA | N
             velocity = out["velocity"]
             weights = inputs.weights.to(device)
             constraint_w = inputs.constraint_weights.to(device) if inputs.constraint_weights is not None else None
-            reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights, constraint_w)
+            reward_sum, constraint_sum = flow_matching_terms(velocity, eps, x0, x0_gt, weights, constraint_w,
+                                                             repel=cfg.repel_rule)
             # a step with only padding latents (every pack text-only) still backpropagates its zeros
             denominator = global_tokens if float(global_tokens) > 0 else 1
             loss = srum_loss(reward_sum, constraint_sum, lambda_c, denominator, world)["loss"]
@@ -373,7 +374,8 @@ def _train(cfg: TrainConfig, info: DistInfo, out: Path, resume_path: Path | None
         latent_downsample=tm.config.latent_downsample, max_latent_size=tm.config.max_latent_size,
         latent_dim=tm.config.patch_latent_dim, max_num_tokens_per_sample=cfg.data.max_num_tokens_per_sample,
         oversize=cfg.data.oversize, rewards_enabled=cfg.rewards.enabled, map_config=cfg.rewards.map,
-        missing_global=cfg.rewards.missing_global, text_dropout_prob=cfg.data.text_dropout_prob,
+        missing_global=cfg.rewards.missing_global, drop_zero_global=cfg.rewards.drop_zero_global,
+        text_dropout_prob=cfg.data.text_dropout_prob,
         timestep_shift=cfg.loss.timestep_shift, seed=cfg.data.seed,
         resample_noise_each_epoch=cfg.data.resample_noise_each_epoch)
     log.info("data: %s", report.summary())

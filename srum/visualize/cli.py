@@ -42,7 +42,8 @@ def cmd_visualize(args) -> int:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"{args.train_config}: unknown rewards.map field(s) {', '.join(unknown)}")
-    for name, value in (("mode", args.reward_mode), ("region_shape", args.region_shape), ("overlap", args.overlap)):
+    for name, value in (("mode", args.reward_mode), ("region_shape", args.region_shape), ("overlap", args.overlap),
+                        ("cell_rule", args.cell_rule)):
         if value is not None:
             fields[name] = value
     if args.no_global:
@@ -78,8 +79,11 @@ def add_visualize_parser(subparsers) -> argparse.ArgumentParser:
                    help="reward map: official (reference, weights in [0, 1]) or signed ([-1, 1]); default official")
     p.add_argument("--region-shape", choices=["box", "mask"], default=None,
                    help="regions as boxes or masks (default box)")
-    p.add_argument("--overlap", choices=["max", "mean", "last"], default=None,
-                   help="how overlapping regions combine (default max)")
+    p.add_argument("--overlap", choices=["max", "mean", "last", "smallest"], default=None,
+                   help="how overlapping regions combine (default max for official, smallest for signed)")
+    p.add_argument("--cell-rule", choices=["bilinear", "coverage"], default=None,
+                   help="which pixels a region reaches: bilinear (the reference trainer's rule, default) or "
+                        "coverage (area coverage per pixel)")
     p.add_argument("--no-global", action="store_true", help="map without the global weight alpha (ablation)")
     p.add_argument("--missing-global", choices=["skip", "neutral"], default=None,
                    help="failed global judgment: skip = no map (as training drops it, default), neutral = alpha 0.5")

@@ -390,11 +390,11 @@ def draw_card(record: dict, config=None, *, missing_global: str | None = None,
         notes.append("global judgment failed: no reward map (training with missing_global=skip drops this image)")
     else:
         # Enlarged or full-size panels show the map of every image pixel; a shrunk panel shows
-        # the map rasterised on the panel's own grid (area coverage per display pixel), which
+        # the map rasterised on the panel's own grid (one frame pixel per display pixel), which
         # is what the image would get at that resolution and avoids [regions, H, W] buffers
         # of a large image.
         grid = (height, width) if dw >= width and dh >= height else (dh, dw)
-        weights, stats = reward_weights(record, grid, map_config, missing_global=missing)
+        weights, stats = reward_weights(record, grid, map_config, missing_global=missing, frame_hw=grid)
         reward_map = weights.numpy()
         heat = Image.fromarray(scale.rgb(reward_map)).resize((dw, dh), Image.NEAREST)
         if stats["global_missing"] and map_config.use_global:
@@ -416,7 +416,8 @@ def draw_card(record: dict, config=None, *, missing_global: str | None = None,
     summary_y = pad + len(header) * line_h
     panels_y = summary_y + line_h + gap
     legend = _score_legend(dw, fnt)
-    caption = wrap_text(f"reward map: {map_config.mode}, {map_config.region_shape}, overlap {map_config.overlap}",
+    caption = wrap_text(f"reward map: {map_config.mode}, {map_config.region_shape}, overlap {map_config.overlap}, "
+                        f"cells {map_config.cell_rule}",
                         fnt, dw, max_lines=2)
     footer_h = max(legend.size[1], len(caption) * line_h)
     card_h = panels_y + dh + 6 + footer_h + pad

@@ -265,6 +265,7 @@ def _summary_section(records: list[dict], read_errors: list[str], map_config, mi
         ("mean local score (rewarded)", _mean(local_ok)),
         ("judge backend/mode", ", ".join(f"{k}: {v}" for k, v in judges.most_common()) or "–"),
         ("reward map", f"{map_config.mode}, {map_config.region_shape}, overlap {map_config.overlap}, "
+                       f"cells {map_config.cell_rule}, "
                        f"global {'on' if map_config.use_global else 'off'}, missing_global={missing_global}"),
         ("images without a map (failed global, skipped in training)", no_map),
     ]

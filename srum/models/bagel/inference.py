@@ -24,7 +24,7 @@ import torch
 
 from .attention import CachedLayout, PackedLayout
 from .kv_cache import KVCache
-from .prompts import GENERATION_THINK_PROMPT, UNDERSTANDING_THINK_PROMPT
+from .prompts import GENERATION_THINK_PROMPT, UNDERSTANDING_THINK_PROMPT, warn_if_builtin_think_prompt
 from .tokenizer import encode_text
 from .transforms import to_rgb, vae_transform, vit_transform
 
@@ -169,6 +169,7 @@ class BagelInferenceMixin:
     def _understanding_cache(self, images_per_row: list[list], prompts: list[str], think: bool,
                              think_system_prompt: str | None, extra: int) -> KVCache:
         system = (think_system_prompt or UNDERSTANDING_THINK_PROMPT) if think else None
+        warn_if_builtin_think_prompt(self.config, system)
         # sized exactly, so decoding never re-allocates
         capacity = max(self._text_tokens(system) + sum(self._vit_tokens(im) for im in ims) + self._text_tokens(p)
                        for ims, p in zip(images_per_row, prompts)) + extra
@@ -335,6 +336,7 @@ class BagelInferenceMixin:
         rows = n * branches  # [cond x n | text-uncond x n | img-uncond x n]
 
         system = (think_system_prompt or GENERATION_THINK_PROMPT) if think else None
+        warn_if_builtin_think_prompt(self.config, system)
         context = self._text_tokens(system) + max(self._text_tokens(p) for p in prompts)
         cache = self.new_cache(rows, context + (max_think_tokens + 2 if think else 0) + h * w + 2)
         if think:

@@ -38,17 +38,70 @@ def load_tiny_spec(path: str | os.PathLike | None = None) -> dict:
     return spec
 
 
-def _init_weights(model: Bagel, std: float, generator: torch.Generator) -> None:
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-            module.weight.data = torch.randn(module.weight.shape, generator=generator) * std
-            if getattr(module, "bias", None) is not None:
-                module.bias.data = torch.randn(module.bias.shape, generator=generator) * std
-        elif isinstance(module, (RMSNorm, nn.LayerNorm, nn.GroupNorm)):
+def init_weights(module: nn.Module, std: float, generator: torch.Generator) -> None:
+    """Linear / embedding / conv weights and biases ~ N(0, std); norm gains 1 + N(0, std)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv2d)):
+            m.weight.data = torch.randn(m.weight.shape, generator=generator) * std
+            if getattr(m, "bias", None) is not None:
+                m.bias.data = torch.randn(m.bias.shape, generator=generator) * std
+        elif isinstance(m, (RMSNorm, nn.LayerNorm, nn.GroupNorm)):
             # gains near 1, not exactly 1, so that a swapped norm changes the output
-            module.weight.data = 1 + torch.randn(module.weight.shape, generator=generator) * std
-            if getattr(module, "bias", None) is not None:
-                module.bias.data = torch.randn(module.bias.shape, generator=generator) * std
+            m.weight.data = 1 + torch.randn(m.weight.shape, generator=generator) * std
+            if getattr(m, "bias", None) is not None:
+                m.bias.data = torch.randn(m.bias.shape, generator=generator) * std
+
+
+def zero_mean_patch_embedding(model: Bagel) -> None:
+    """Centre every row of the ViT patch embedding: a uniform grey patch (the miniature
+    world's black background among them) then maps to the bias alone, and a patch's
+    embedding is its content. Why: with random rows the background's response is as large
+    as an object's, and Adam, whose step on a row is about the same for each of its
+    3 * p * p inputs when they are all the background value, grows that response by about
+    lr * 3 * p * p per step (768 at p = 16): measured on the miniature model, it reached a
+    norm of 390 against object differences of 3, and the ViT carried nothing of the
+    picture. A colour still changes the response (its channels differ)."""
+    weight = model.vit_model.vision_model.embeddings.patch_embedding.weight
+    weight.data -= weight.data.mean(dim=1, keepdim=True)
+
+
+def fan_in_connector(model: Bagel, generator: torch.Generator) -> None:
+    """Connector weights ~ N(0, 1 / fan_in), so that its output is as large as its input.
+    Why: an image token is ``connector(ViT features) + vit_pos_embed`` and the 2-D sin-cos
+    table has a norm of sqrt(hidden / 2) (8 at width 128); with small random weights
+    (std 0.02) the picture's part is about 0.04 % of the token, the LLM cannot see it, and
+    training never finds it (measured on the miniature model)."""
+    for linear in (model.connector.fc1, model.connector.fc2):
+        linear.weight.data = torch.randn(linear.weight.shape, generator=generator) / linear.in_features ** 0.5
+
+
+CONNECTOR_INITS = ("init_std", "fan_in")
+
+
+def _tower_rules(model: Bagel, spec: dict, generator: torch.Generator) -> None:
+    """The understanding tower's init options of a model config, after ``init_weights``."""
+    if spec.get("vit_patch_zero_mean", False):
+        zero_mean_patch_embedding(model)
+    rule = spec.get("connector_init", "init_std")
+    if rule not in CONNECTOR_INITS:
+        raise ValueError(f"connector_init must be one of {list(CONNECTOR_INITS)}, got {rule!r}")
+    if rule == "fan_in":
+        fan_in_connector(model, generator)
+
+
+def reinit_understanding_tower(model: Bagel, spec: dict, seed: int) -> None:
+    """Fresh ViT and connector weights by the model config's rules (``init_std``,
+    ``vit_patch_zero_mean``, ``connector_init``); the rest of ``model`` is untouched."""
+    generator = torch.Generator().manual_seed(seed)
+    std = float(spec.get("init_std", 0.05))
+    init_weights(model.vit_model, std, generator)
+    init_weights(model.connector, std, generator)
+    _tower_rules(model, spec, generator)
+
+
+def _init_weights(model: Bagel, spec: dict, generator: torch.Generator) -> None:
+    init_weights(model, float(spec.get("init_std", 0.05)), generator)
+    _tower_rules(model, spec, generator)
     model.reset_position_tables()
 
 
@@ -65,7 +118,7 @@ def build_tiny_model(vocab_size: int, spec: dict, seed: int = 0) -> Bagel:
         latent_patch_size=int(spec.get("latent_patch_size", 2)),
     )
     model = Bagel(config)
-    _init_weights(model, float(spec.get("init_std", 0.05)), torch.Generator().manual_seed(seed))
+    _init_weights(model, spec, torch.Generator().manual_seed(seed))
     return model
 
 
