@@ -32,6 +32,7 @@ from srum import distributed
 from srum.data.prompts import PromptItem
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
+from srum.stages.outdir import result_settings
 from srum.stages.generate import PromptJobs, SamplingConfig, detailed_prompt
 from srum.stages.images import DrawnImage, image_batch_processor, png_saver
 from srum.stages.shards import ShardedOutput
@@ -66,6 +67,7 @@ class CompBenchConfig:
     seed: int = 0                                     # base seed of image noise and judge retries
     batch_size: int = 1                               # prompts per generation call on one process
     retry_errors: bool = False                        # redo items recorded in errors.jsonl
+    fresh: bool = False                               # generate: move earlier images aside and start over
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     judge: CompBenchJudgeConfig = field(default_factory=CompBenchJudgeConfig)
     images: str | None = None                         # score this image manifest instead of the run's own
@@ -169,7 +171,12 @@ def generate_prompt_images(cfg, work: PromptJobs, info: distributed.DistInfo, *,
                 "images_per_category": per_category, "think": cfg.sampling.think}
 
     return run_items(name, out, process, batch_size=cfg.batch_size, info=info, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors)
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=work.input_errors,
+                     settings=result_settings(cfg, IMAGE_RESULT_FIELDS), fresh=getattr(cfg, "fresh", False))
+
+
+# what an evaluation image depends on (as for srum generate); a resume with others is refused
+IMAGE_RESULT_FIELDS = ("model", "seed", "sampling")
 
 
 # ------------------------------------------------------------------ official T2I-CompBench layout

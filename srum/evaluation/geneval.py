@@ -28,6 +28,7 @@ from pathlib import Path
 from srum import distributed
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, log_skipped, run_items
+from srum.stages.outdir import result_settings
 from srum.stages.generate import SamplingConfig, image_seed
 from srum.stages.images import DrawnImage, image_batch_processor
 from srum.stages.shards import ShardedOutput
@@ -51,6 +52,7 @@ class GenEvalConfig:
     batch_size: int = 1                  # images per generation call on one process
     limit: int | None = None             # first N metadata lines (quick runs)
     retry_errors: bool = False
+    fresh: bool = False                  # move earlier images aside and start over
     sampling: GenEvalSamplingConfig = field(default_factory=GenEvalSamplingConfig)
 
     def __post_init__(self):
@@ -147,4 +149,5 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
                           "--model-path <OBJECT_DETECTOR_FOLDER>"}
 
     return run_items("eval geneval-images", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors)
+                     retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors,
+                     settings=result_settings(cfg, ("model", "seed", "sampling")), fresh=cfg.fresh)
