@@ -131,6 +131,24 @@ def test_truncated_part_line_is_redone_once(tiny_dir, prompt_file, tmp_path):
     assert len(_rows(out / "manifest.jsonl")) == 10
 
 
+def test_resume_with_other_timesteps_and_seed_is_refused_then_fresh_starts_over(tiny_dir, prompt_file, tmp_path):
+    from srum.run_settings import SettingsChanged
+    out = tmp_path / "gen"
+    run_generate(_config(tiny_dir, prompt_file, out))
+    part = out / "parts" / "rank-00000.jsonl"
+    part.write_text("".join(part.read_text().splitlines(keepends=True)[:6]))  # as if killed after 6 rows
+    (out / "summary.json").unlink()
+    with pytest.raises(SettingsChanged) as err:
+        run_generate(_config(tiny_dir, prompt_file, out, "sampling.num_timesteps=4", "seed=7"))
+    assert "sampling.num_timesteps: 3 before, 4 now" in str(err.value) and "seed: 0 before, 7 now" in str(err.value)
+    assert len(_rows(part)) == 6  # nothing was added
+    summary = run_generate(_config(tiny_dir, prompt_file, out, "sampling.num_timesteps=4", "seed=7", "fresh=true"))
+    assert summary["complete"] and summary["num_ok"] == 10
+    assert {r["seed"] for r in _rows(out / "manifest.jsonl")} == {image_seed(7, f"p{i}", k) for i in range(5)
+                                                                   for k in range(2)}
+    assert all(r["sampling"]["num_timesteps"] == 4 for r in _rows(out / "manifest.jsonl"))
+
+
 def _run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "srum", *args], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
