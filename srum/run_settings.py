@@ -25,6 +25,9 @@ __all__ = ["SETTINGS_FILE", "REPLACED_PREFIX", "SettingsChanged", "flatten", "di
 
 SETTINGS_FILE = "run_settings.json"
 REPLACED_PREFIX = "replaced-"
+# what `srum pipeline` keeps in a stage folder about the stage (not the stage's output):
+# a fresh start leaves it in place
+PIPELINE_FILES = ("stage.json", "stage.log")
 
 
 class SettingsChanged(ValueError):
@@ -110,10 +113,11 @@ def record_settings(directory: Path, settings: dict, earlier: dict | None = None
 
 
 def move_aside(directory: Path, keep: Iterable[str] = ()) -> Path | None:
-    """Move everything in ``directory`` except ``keep`` and earlier ``replaced-*`` folders
-    into ``directory/replaced-<time>/``; returns that folder (None: nothing to move)."""
+    """Move everything in ``directory`` except ``keep``, the pipeline's own files and
+    earlier ``replaced-*`` folders into ``directory/replaced-<time>/``; returns that
+    folder (None: nothing to move)."""
     directory = Path(directory)
-    keep = set(keep)
+    keep = set(keep) | set(PIPELINE_FILES)
     entries = [p for p in directory.iterdir() if p.name not in keep and not p.name.startswith(REPLACED_PREFIX)] \
         if directory.is_dir() else []
     if not entries:

@@ -110,7 +110,9 @@ def test_resume_with_changed_settings_is_refused_naming_each_field(tmp_path):
 def test_fresh_start_moves_earlier_outputs_aside(tmp_path):
     out = tmp_path / "out"
     _run(out, {"seed": 0})
+    (out / "stage.json").write_text("{}")  # the pipeline's own record of the stage stays
     summary = _run(out, {"seed": 5}, fresh=True)
+    assert (out / "stage.json").is_file()
     assert summary["complete"] and summary["num_ok"] == len(KEYS)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["value"] for r in rows} == {5}

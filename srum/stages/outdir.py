@@ -15,8 +15,8 @@ from srum.config import to_dict
 from srum.distributed import DistInfo
 from srum.fileio import remove_temp_files
 from srum.locking import LOCK_NAME, DirectoryLock
-from srum.run_settings import (REPLACED_PREFIX, SETTINGS_FILE, differences, move_aside, record_settings,
-                               recorded_settings, refuse_changes)
+from srum.run_settings import (REPLACED_PREFIX, differences, move_aside, record_settings, recorded_settings,
+                               refuse_changes)
 
 # fields of a stage's ``model`` section that change how it runs, not what it produces
 _MODEL_OPERATIONAL = ("device_map", "compile", "compile_backend")
@@ -46,8 +46,9 @@ def result_settings(cfg: Any, fields: tuple[str, ...], ignore: tuple[str, ...] =
 
 
 def _has_outputs(out_dir: Path) -> bool:
-    return any(p.name not in (LOCK_NAME, SETTINGS_FILE) and not p.name.startswith(REPLACED_PREFIX)
-               for p in out_dir.iterdir())
+    """Whether a stage already wrote rows here (part files or a merged summary)."""
+    parts = out_dir / "parts"
+    return (parts.is_dir() and any(parts.iterdir())) or (out_dir / "summary.json").exists()
 
 
 def _check_settings(out_dir: Path, name: str, settings: dict, retry_changes: bool) -> None:
