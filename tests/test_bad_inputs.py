@@ -123,8 +123,9 @@ def test_a_manifest_row_with_a_non_string_category_is_named_and_skipped(tmp_path
     from srum.stages.common import read_image_manifest
     PIL.Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"image_id": "a", "image_file": "a.png", "prompt": "p", "category": 7}) + "\n"
-                        + json.dumps({"image_id": "b", "image_file": "a.png", "prompt": "p", "category": "color"}) + "\n")
+    rows = [{"image_id": "a", "image_file": "a.png", "prompt": "p", "category": 7},
+            {"image_id": "b", "image_file": "a.png", "prompt": "p", "category": "color"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     items, errors = read_image_manifest(manifest)
     assert [(i.image_id, i.category) for i in items] == [("b", "color")]
     assert errors == [f"{manifest}:1: category must be a string or null, got int"]

@@ -279,3 +279,15 @@ def test_retry_errors_on_a_finished_run_may_change_settings_but_not_on_an_unfini
     with pytest.raises(SettingsChanged, match="seed: 1 before, 2 now"):
         run_items("test", keys, lambda idx: [], batch_size=2, info=info, config=_Config(str(out)),
                   settings={"seed": 2}, retry_errors=True)
+
+
+def test_rows_that_only_record_failures_do_not_bind_the_settings(tmp_path):
+    # e.g. a wrong model path made every item an error row: the corrected rerun is not refused
+    out = tmp_path / "out"
+    so = ShardedOutput(out, KEYS, DistInfo())
+    run_items("test", so, lambda idx: [{"image_id": KEYS[i], "_error": "no such model"} for i in idx], batch_size=2,
+              info=DistInfo(), config=_Config(str(out)), settings={"model": {"path": "wrong"}})
+    (out / "summary.json").unlink()  # unfinished, and no retry_errors: only the settings check is at play
+    run_items("test", so, lambda idx: [{"image_id": KEYS[i]} for i in idx], batch_size=2, info=DistInfo(),
+              config=_Config(str(out)), settings={"model": {"path": "right"}})
+    assert json.loads((out / SETTINGS_FILE).read_text())["settings"] == {"model": {"path": "right"}}

@@ -13,8 +13,9 @@ from typing import Any
 from srum import distributed
 from srum.config import to_dict
 from srum.distributed import DistInfo
-from srum.fileio import remove_temp_files
+from srum.fileio import iter_jsonl, remove_temp_files
 from srum.locking import LOCK_NAME, DirectoryLock
+from srum.stages.shards import ERROR_KEY
 from srum.run_settings import (REPLACED_PREFIX, differences, move_aside, record_settings, recorded_settings,
                                refuse_changes)
 
@@ -45,15 +46,21 @@ def result_settings(cfg: Any, fields: tuple[str, ...], ignore: tuple[str, ...] =
     return settings
 
 
-def _has_outputs(out_dir: Path) -> bool:
-    """Whether a stage already wrote rows here (part files or a merged summary)."""
-    parts = out_dir / "parts"
-    return (parts.is_dir() and any(parts.iterdir())) or (out_dir / "summary.json").exists()
+def _has_result_rows(out_dir: Path) -> bool:
+    """Whether a stage already wrote a result here: a row that is not an error row. Rows
+    that only record failures (a wrong model path, say) do not bind the settings, so the
+    corrected rerun is not refused."""
+    parts = sorted((out_dir / "parts").glob("rank-*.jsonl")) if (out_dir / "parts").is_dir() else []
+    for path in parts:
+        if any(row is not None and ERROR_KEY not in row for _, row, _ in iter_jsonl(path)):
+            return True
+    return False
 
 
 def _check_settings(out_dir: Path, name: str, settings: dict, retry_changes: bool) -> None:
     recorded = recorded_settings(out_dir)
-    diffs = differences(recorded, settings) if recorded is not None else []
+    has_results = _has_result_rows(out_dir)
+    diffs = differences(recorded, settings) if recorded is not None and has_results else []
     if diffs and retry_changes:
         # a finished run whose failed items are redone on purpose with other settings
         # (e.g. another judge mode): allowed, said, and the earlier settings kept
@@ -65,7 +72,7 @@ def _check_settings(out_dir: Path, name: str, settings: dict, retry_changes: boo
         refuse_changes(f"srum {name}: {out_dir}", diffs,
                        "start afresh with fresh=true (the earlier outputs move to "
                        f"{out_dir}/{REPLACED_PREFIX}<time>/)")
-    if recorded is None and _has_outputs(out_dir):
+    if recorded is None and has_results:
         _say(f"srum {name}: {out_dir} holds outputs without a settings record (an older version "
              "wrote them): they cannot be checked against the current settings")
     record_settings(out_dir, settings)
