@@ -291,3 +291,14 @@ def test_rows_that_only_record_failures_do_not_bind_the_settings(tmp_path):
     run_items("test", so, lambda idx: [{"image_id": KEYS[i]} for i in idx], batch_size=2, info=DistInfo(),
               config=_Config(str(out)), settings={"model": {"path": "right"}})
     assert json.loads((out / SETTINGS_FILE).read_text())["settings"] == {"model": {"path": "right"}}
+
+
+def test_a_second_pipeline_on_the_same_run_directory_is_refused(tmp_path):
+    from srum.pipeline.config import load_pipeline_config
+    from srum.pipeline.runner import run_pipeline
+    run_dir = tmp_path / "run"
+    cfg = load_pipeline_config(REPO / "configs/pipeline/tiny.yaml", [f"run_dir={run_dir}"])
+    with DirectoryLock.acquire(run_dir, "srum pipeline"):
+        with pytest.raises(DirectoryLocked, match=f"in use by srum pipeline \\(pid {os.getpid()}"):
+            run_pipeline(cfg)
+    assert sorted(p.name for p in run_dir.iterdir()) == []  # nothing written, the lock released

@@ -24,6 +24,7 @@ import yaml
 
 from ..config import ConfigError, build, merge, read_yaml, to_dict
 from ..fileio import atomic_write_text
+from ..locking import DirectoryLock
 from . import state
 from .config import PipelineConfig
 from .launch import run_logged, srum_command
@@ -379,4 +380,10 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
 
 
 def run_pipeline(cfg: PipelineConfig, config_path: str | None = None, dry_run: bool = False) -> Path | None:
-    return Pipeline(cfg, config_path, dry_run).run()
+    pipeline = Pipeline(cfg, config_path, dry_run)
+    if dry_run:
+        return pipeline.run()
+    # a second pipeline on the same run directory would move a live run's stage folders
+    # to stale/ when it sees other settings: one at a time (each stage locks its own too)
+    with DirectoryLock.acquire(pipeline.run_dir, "srum pipeline"):
+        return pipeline.run()
