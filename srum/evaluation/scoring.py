@@ -41,6 +41,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from srum import distributed
+from srum.config import MODEL
 from srum.judge.errors import JudgeRequestError, raise_if_fatal
 from srum.judge.openai_backend import OpenAIServerConfig
 from srum.judge.parse import ParseError, brace_blocks, load_lenient, strip_reasoning
@@ -190,7 +191,7 @@ class CompBenchJudgeConfig:
     ``gpus_per_process: g > 1`` the GPUs ``[LOCAL_RANK*g, (LOCAL_RANK+1)*g)`` (launch
     ``GPUs / g`` processes per node)."""
 
-    model: str = DEFAULT_JUDGE          # Qwen2.5-VL-Instruct directory or hub id (72B / 32B / 7B)
+    model: str = field(default=DEFAULT_JUDGE, metadata=MODEL)   # Qwen2.5-VL-Instruct directory or hub id
     backend: Literal["transformers", "openai"] = "transformers"   # in-process, or a vLLM / SGLang server
     server: OpenAIServerConfig = field(default_factory=OpenAIServerConfig)   # backend openai: where it is
     dtype: str | None = "bfloat16"      # bfloat16 | float16 | float32; None = the checkpoint's

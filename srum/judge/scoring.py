@@ -28,6 +28,7 @@ from typing import Any, Literal
 import PIL.Image
 import torch
 
+from srum.config import MODEL
 from srum.models.bagel.transforms import to_rgb
 from srum.regions import RegionView, show_region
 
@@ -42,7 +43,7 @@ class JudgeConfig:
     """Settings of ``srum judge`` (documented in TRAIN.md, "Self-judgment")."""
 
     backend: Literal["self", "qwen2_5_vl", "openai"] = "self"   # "self": the Bagel being trained judges itself
-    judge_model: str | None = None      # qwen2_5_vl: checkpoint directory or hub id; openai: the served model name
+    judge_model: str | None = field(default=None, metadata=MODEL)   # qwen2_5_vl: directory or hub id; openai: served name
     mode: Literal["text", "logits"] = "text"   # parsed written answers, or expected score from logits
     think: bool = True                  # text mode: reason inside <think> ... </think> before answering
     think_system_prompt: str | None = None   # None: the backend's own (Bagel's think prompt for "self")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from srum.config import PATH
 from srum.judge.backends import load_judge_backend
 from srum.judge.scoring import JudgeConfig, judge_images
 from srum.records import SCHEMA, RecordError, validate_record
@@ -27,8 +28,8 @@ from .generate import image_seed
 
 @dataclass
 class JudgeStageConfig:
-    regions: str                             # regions.jsonl from `srum propose` (or an image manifest)
-    out_dir: str
+    regions: str = field(metadata=PATH)      # regions.jsonl from `srum propose` (or an image manifest)
+    out_dir: str = field(metadata=PATH)
     model: ModelConfig | None = None         # the UMM judging itself (backend "self")
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
