@@ -7,6 +7,10 @@ as ``optim.lr=1e-5`` or ``sampling.cfg_interval=[0.4,1.0]`` (values parsed as YA
 builds the dataclass tree. An unknown key, a wrong type or a missing required field is a
 :class:`ConfigError` that names the file and the dotted field, so a typo never silently
 falls back to a default.
+
+Relative paths written in a config file (fields marked :data:`PATH` / :data:`MODEL`) are
+taken from the file's :func:`config_root`, so a command behaves the same from any
+directory; paths in command-line overrides keep meaning the current directory.
 """
 from __future__ import annotations
 
