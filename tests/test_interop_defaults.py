@@ -202,3 +202,20 @@ def test_cli_parser_does_not_import_torch(tmp_path):
     # the lazy names still work
     lazy = _run("import srum; print(srum.load_model.__name__, srum.CheckpointError.__name__)", tmp_path)
     assert lazy.stdout.split() == ["load_model", "CheckpointError"]
+
+
+# ------------------------------------------------------------------ default stage paths chain
+@pytest.mark.parametrize("generate, propose, judge, train", [
+    ("generate", "propose", "judge", "configs/train/bagel7b_compbench.yaml"),
+    ("tiny_generate", "tiny_propose", "tiny_judge", "configs/train/tiny.yaml"),
+    ("miniworld_generate", "miniworld_propose", "miniworld_judge", "configs/train/miniworld_srum.yaml"),
+])
+def test_default_stage_paths_chain(generate, propose, judge, train):
+    """Run by hand with their defaults, each stage reads what the previous one wrote."""
+    import yaml
+    read = lambda name: yaml.safe_load((REPO / "configs/data" / f"{name}.yaml").read_text())  # noqa: E731
+    g, p, j = read(generate), read(propose), read(judge)
+    t = yaml.safe_load((REPO / train).read_text())
+    assert p["images"] == f"{g['out_dir']}/manifest.jsonl"
+    assert j["regions"] == f"{p['out_dir']}/regions.jsonl"
+    assert t["data"]["rewards"] == [f"{j['out_dir']}/rewards.jsonl"]
