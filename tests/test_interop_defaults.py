@@ -219,3 +219,24 @@ def test_default_stage_paths_chain(generate, propose, judge, train):
     assert p["images"] == f"{g['out_dir']}/manifest.jsonl"
     assert j["regions"] == f"{p['out_dir']}/regions.jsonl"
     assert t["data"]["rewards"] == [f"{j['out_dir']}/rewards.jsonl"]
+
+
+# ------------------------------------------------------------------ CUDA errors: a clear message
+def test_cuda_errors_end_a_command_with_a_clear_message(monkeypatch, capsys):
+    import torch
+
+    import srum.cli as cli
+    from srum.judge.errors import JudgeBackendFatal
+
+    def oom(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(cli, "cmd_demo", oom)
+    assert cli.main(["demo"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("srum demo: error: CUDA out of memory, the stage stopped") and "Lower the batch" in err
+    monkeypatch.setattr(cli, "cmd_demo", lambda args: (_ for _ in ()).throw(JudgeBackendFatal("judge gone")))
+    assert cli.main(["demo"]) == 2 and "judge gone" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cmd_demo", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):   # anything else keeps its traceback
+        cli.main(["demo"])
