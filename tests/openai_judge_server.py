@@ -99,6 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.owner.next_fault()
         if fault and fault[0] == "status":
             return self._send(int(fault[1]), {"error": {"message": f"injected HTTP {fault[1]}"}})
+        if fault and fault[0] == "malformed":
+            return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
         if fault and fault[0] == "sleep":
             threading.Event().wait(fault[1])
             return self._send(504, {"error": {"message": "too late"}})   # the client has given up by now

@@ -130,6 +130,18 @@ def test_failed_request_fails_its_row_only(server, qwen_judge):
     assert len(failed) == 1 and failed[0]["status"] == "failed" and "HTTP 400" in failed[0]["attempts"][0]["error"]
 
 
+def test_malformed_replies_and_retried_statuses(server):
+    sleeps = []
+    remote = _remote(server, sleeps, max_retries=2, backoff_s=0.5)
+    images, prompts = _rows()
+    server.faults[:] = [("status", 408), ("status", 409)]   # retried like a 5xx
+    assert len(remote.generate(images[:1], prompts[:1], max_new_tokens=2)) == 1 and sleeps == [0.5, 1.0]
+    server.faults[:] = [("malformed", 0)]                     # no choices: that row fails, not the stage
+    with pytest.raises(JudgeRequestError) as info:
+        remote.generate(images[:1], prompts[:1], max_new_tokens=2)
+    assert "malformed reply" in info.value.errors[0]
+
+
 def test_timeout_is_a_failed_attempt(server):
     remote = _remote(server, timeout_s=0.5, max_retries=1)
     server.faults[:] = [("sleep", 1.5), ("sleep", 1.5)]

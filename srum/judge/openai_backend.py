@@ -36,6 +36,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -127,10 +128,12 @@ class OpenAIJudge:
                                                 f"{attempt + 1} tries: {_short(err)}. Is it running?") from err
                     raise _RowFailed(f"{type(err).__name__} after {attempt + 1} tries: {_short(err)}") from err
             except openai.APIStatusError as err:   # 400 / 422 ...: this request, not the server
-                if err.status_code < 500:
+                if err.status_code < 500 and err.status_code not in _RETRIED_STATUS:
                     raise _RowFailed(f"HTTP {err.status_code}: {_short(err)}") from err
                 if attempt >= self.cfg.max_retries:
                     raise _RowFailed(f"HTTP {err.status_code} after {attempt + 1} tries: {_short(err)}") from err
+            except openai.APIError as err:           # a reply the client could not read
+                raise _RowFailed(f"{type(err).__name__}: {_short(err)}") from err
             self._sleep(min(self.cfg.backoff_s * 2 ** attempt, self.cfg.max_backoff_s))
             attempt += 1
 
@@ -167,7 +170,8 @@ class OpenAIJudge:
             if seed is not None:
                 params["seed"] = seed
             reply = self._create(chat_messages(row_images, prompt, system), **params)
-            return reply.choices[0].message.content or ""
+            with _malformed(reply):
+                return reply.choices[0].message.content or ""
 
         return self._map(ask, list(zip(images, prompts, seeds)))
 
@@ -181,10 +185,11 @@ class OpenAIJudge:
         def ask(row):
             reply = self._create(chat_messages(row[0], row[1], system), max_tokens=1, temperature=0.0,
                                  logprobs=True, top_logprobs=self.cfg.top_logprobs)
-            content = reply.choices[0].logprobs.content if reply.choices[0].logprobs else None
-            if not content:
-                raise _RowFailed("the server returned no logprobs (does it support top_logprobs?)")
-            top = {t.token: t.logprob for t in content[0].top_logprobs}
+            with _malformed(reply):
+                content = reply.choices[0].logprobs.content if reply.choices[0].logprobs else None
+                if not content:
+                    raise _RowFailed("the server returned no logprobs (does it support top_logprobs?)")
+                top = {t.token: t.logprob for t in content[0].top_logprobs}
             return [sum(math.exp(lp) for tok, lp in top.items() if tok in s) for s in spellings]
 
         try:
@@ -197,8 +202,20 @@ class OpenAIJudge:
         return probs.float(), mass.float()
 
 
+_RETRIED_STATUS = (408, 409, 429)   # request timeout, conflict, rate limit: sent again like a 5xx
+
+
 class _RowFailed(Exception):
     """One request without an answer after its retries (internal: becomes JudgeRequestError)."""
+
+
+@contextmanager
+def _malformed(reply):
+    """A reply without the fields asked for fails its row (not the stage)."""
+    try:
+        yield
+    except (AttributeError, IndexError, KeyError, TypeError) as err:
+        raise _RowFailed(f"malformed reply ({type(err).__name__}: {err}): {str(reply)[:200]}") from err
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
