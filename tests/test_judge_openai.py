@@ -223,3 +223,47 @@ def test_in_process_judge_loads_onto_its_device(monkeypatch, tmp_path):
     judge = QwenVLJudge(write_tiny_qwen_vl(tmp_path / "q", seed=0), dtype="float32", device="cpu")
     assert seen["device_map"] == {"": "cpu"} and judge.device == torch.device("cpu")
     assert RATING_SCALE.choices
+
+
+# ------------------------------------------------------------------ the stages, end to end
+def _manifest(tmp_path, n=3):
+    import json
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(n):
+        PIL.Image.new("RGB", (48, 48), (60 * i, 100, 40)).save(tmp_path / "images" / f"img{i}.png")
+        rows.append({"image_id": f"img{i}", "image_file": f"images/img{i}.png", "prompt": f"prompt {i}",
+                     "category": "color", "regions": [{"bbox": [0, 0, 24, 24]}]})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def test_eval_score_stage_with_a_served_judge(server, tmp_path):
+    import json
+
+    from srum.evaluation.scoring import run_score
+    cfg = CompBenchJudgeConfig(model="tiny-judge", backend="openai", max_new_tokens=4, retries=1, batch_size=3,
+                               server=OpenAIServerConfig(base_url=server.base_url))
+    server.faults[:] = [("status", 400)]        # one image's first request is refused: a failed attempt only
+    summary = run_score(_manifest(tmp_path), tmp_path / "scores", cfg)
+    rows = [json.loads(line) for line in (tmp_path / "scores/scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["judge"] == "tiny-judge" for r in rows)
+    assert summary["num_scored"] + summary["num_failed"] == 3
+    assert sum(a["error"] is not None and "HTTP 400" in a["error"] for r in rows for a in r["attempts"]) == 1
+
+
+def test_judge_stage_with_a_served_judge(server, tmp_path):
+    import json
+
+    from srum.stages.judge import JudgeStageConfig, run_judge
+    cfg = JudgeStageConfig(regions=str(_manifest(tmp_path)), out_dir=str(tmp_path / "judge"),
+                           judge=JudgeConfig(backend="openai", mode="logits", min_scale_mass=0.0,
+                                             server=OpenAIServerConfig(base_url=server.base_url, model="tiny-judge",
+                                                                       top_logprobs=100000)))
+    run_judge(cfg)
+    records = [json.loads(line) for line in (tmp_path / "judge/rewards.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert records[0]["judge"] == {"backend": "openai", "mode": "logits", "model": "tiny-judge",
+                                   "endpoint": server.base_url}
+    assert all(r["global"]["status"] == "ok" and r["regions"][0]["status"] == "ok" for r in records)

@@ -71,7 +71,11 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
     backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
     out_dir = stage.out.out_dir
     judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
-                  "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
+                  "model": (cfg.model.path if cfg.judge.backend == "self"
+                            else cfg.judge.server.model or cfg.judge.judge_model if cfg.judge.backend == "openai"
+                            else cfg.judge.judge_model)}
+    if cfg.judge.backend == "openai":
+        judge_info["endpoint"] = cfg.judge.server.base_url
 
     def usable_regions(item: ImageItem, image) -> tuple[list[dict], list[dict]] | str:
         """The row's regions that can be judged (clipped) and those skipped with the reason,
