@@ -203,12 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from srum.judge.errors import JudgeBackendFatal, fatal_reason
     from srum.models.bagel.config import CheckpointError
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, OSError) as err:  # ConfigError is a ValueError
+    except (CheckpointError, ValueError, OSError, JudgeBackendFatal) as err:  # ConfigError is a ValueError
         print(f"srum {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        # CUDA out of memory / CUDA errors: one clear line instead of a traceback per rank
+        reason = fatal_reason(err)
+        if reason is None:
+            raise
+        hint = (" Lower the batch size (or image size / tokens per step), or give the model more GPUs."
+                if "memory" in reason else "")
+        print(f"srum {args.command}: error: {reason}, the stage stopped (rerun resumes it): "
+              f"{type(err).__name__}: {err}.{hint}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def _add_steps(parser: argparse.ArgumentParser, step_help: dict[str, str], examp
 
 def cmd_compare(args) -> int:
     from .summary import compare_runs
-    result = compare_runs(args.runs, args.out, args.labels)
+    result = compare_runs(args.runs, args.out, args.labels, paper=not args.no_paper)
     print((Path(args.out) / "compare.md").read_text(), end="")
     return 0 if result["runs"] else 1
 
@@ -148,6 +148,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); first = base")
     c.add_argument("--out", required=True, help="folder for compare.{md,json,csv,png}")
     c.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
+    c.add_argument("--no-paper", action="store_true",
+                   help="leave out the SRUM paper's reported rows (listed by default for T2I-CompBench; with them "
+                        "one run is enough)")
     c.set_defaults(func=cmd_compare)
 
     c = sub.add_parser("official-layout", help="link a run's images into T2I-CompBench's samples/ layout",

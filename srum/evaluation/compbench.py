@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from srum import distributed
+from srum.config import PATH, to_dict
 from srum.data.prompts import PromptItem
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
@@ -57,9 +58,9 @@ class EvalSamplingConfig(SamplingConfig):
 class CompBenchConfig:
     """Everything ``srum eval compbench`` needs (fields documented in EVAL.md)."""
 
-    out_dir: str                                      # the run directory
+    out_dir: str = field(metadata=PATH)               # the run directory
     model: ModelConfig | None = None                  # the Bagel to evaluate (step "generate")
-    prompts: list[str] = field(default_factory=lambda: ["data/prompts/val_comp.json"])
+    prompts: list[str] = field(default_factory=lambda: ["data/prompts/val_comp.json"], metadata=PATH)
     categories: list[str] | None = field(default_factory=lambda: list(COMPBENCH_CATEGORIES))
     limit_per_category: int | None = None             # first N prompts of each category (quick runs)
     num_images_per_prompt: int = 1
@@ -68,7 +69,7 @@ class CompBenchConfig:
     retry_errors: bool = False                        # redo items recorded in errors.jsonl
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     judge: CompBenchJudgeConfig = field(default_factory=CompBenchJudgeConfig)
-    images: str | None = None                         # score this image manifest instead of the run's own
+    images: str | None = field(default=None, metadata=PATH)   # score this image manifest instead of the run's own
     images_category: str | None = None               # category of manifest rows that have none
 
     def __post_init__(self):

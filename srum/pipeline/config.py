@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import ConfigError, load_config
+from ..config import MODEL, PATH, ConfigError, load_config
 
 STAGES = ("generate", "propose", "judge", "train", "export", "eval", "report")
 LAUNCHED = ("generate", "propose", "judge", "train", "eval")   # run under torchrun when several processes
@@ -26,7 +26,7 @@ class BaseModelConfig:
     init_tiny: write a random tiny Bagel at ``path`` when it does not exist (the demo).
     tiny_seed: its weight seed."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     init_tiny: bool = False
     tiny_seed: int = 0
 
@@ -41,7 +41,7 @@ class DataSpec:
     extra_rewards: reward datasets trained on in every round besides the round's own."""
 
     generate: list[str]
-    registry: str | None = None
+    registry: str | None = field(default=None, metadata=PATH)
     eval: list[str] = field(default_factory=list)
     extra_rewards: list[str] = field(default_factory=list)
 
@@ -74,7 +74,7 @@ class StageSpec:
     """config: the stage's YAML (fields in TRAIN.md / EVAL.md). overrides: a mapping merged
     on top of it (nested or dotted keys, as on the command line)."""
 
-    config: str | None = None
+    config: str | None = field(default=None, metadata=PATH)
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,7 +84,7 @@ class ExportSpec:
 
     weights: Literal["auto", "ema", "model"] = "auto"
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
-    max_shard_gb: float = 5.0
+    max_shard_gb: float | None = None   # None: one ema.safetensors (Bagel's own scripts read only that)
 
 
 @dataclass
@@ -151,7 +151,7 @@ class PipelineConfig:
     run (false). keep_stale: outputs invalidated by a changed config or input are moved to
     ``<run_dir>/stale/`` (true) or deleted (false). datasets: registry entries added inline."""
 
-    run_dir: str
+    run_dir: str = field(metadata=PATH)
     model: BaseModelConfig
     data: DataSpec
     rounds: int = 1

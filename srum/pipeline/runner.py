@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from ..config import ConfigError, build, merge, read_yaml, to_dict
+from ..config import ConfigError, build, config_root, merge, read_yaml, resolve_paths, to_dict
 from ..fileio import atomic_write_text
 from . import state
 from .config import PipelineConfig
@@ -81,16 +81,34 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _stage_yaml(self, name: str) -> dict:
+        """The stage's YAML with its overrides. Relative paths in the stage YAML are taken
+        from that file's config root, those in ``overrides`` from the pipeline file's."""
         spec = getattr(self.cfg, name)
+        cls = self._stage_class(name)
+        root = config_root(self.config_path) if self.config_path else Path.cwd()
         try:
-            return merge(read_yaml(spec.config), _nest(spec.overrides))
+            return merge(resolve_paths(cls, read_yaml(spec.config), config_root(spec.config)),
+                         resolve_paths(cls, _nest(spec.overrides), root))
         except ConfigError as err:
             raise ConfigError(f"{name}.config: {err}") from None
 
+    def _stage_class(self, name: str):
+        if name == "eval":
+            return eval_config_class(self.cfg.eval.benchmark)
+        from ..stages.generate import GenerateConfig
+        from ..stages.judge import JudgeStageConfig
+        from ..stages.propose import ProposeStageConfig
+        from ..training.config import TrainConfig
+        return {"generate": GenerateConfig, "propose": ProposeStageConfig, "judge": JudgeStageConfig,
+                "train": TrainConfig}[name]
+
     def _checked(self, cls, data: dict, name: str) -> dict:
-        """Build the stage's dataclass now, so a bad field fails before any stage runs."""
+        """Build the stage's dataclass now, so a bad field fails before any stage runs.
+        Paths still relative (command-line overrides) are made absolute from the current
+        directory: the stage reads its config from its own folder, where they would
+        mean something else."""
         try:
-            return to_dict(build(cls, data))
+            return to_dict(build(cls, resolve_paths(cls, data, Path.cwd())))
         except ConfigError as err:
             raise ConfigError(f"{self.config_path or 'pipeline'}: {name} stage ({getattr(self.cfg, name).config}): "
                               f"{err}") from None
@@ -231,7 +249,9 @@ class Pipeline:
 
         def run(plan: StagePlan) -> int:
             args = ["export", "checkpoint", config["checkpoint"], "--base", model, "--out", config["out"],
-                    "--weights", spec.weights, "--dtype", spec.dtype, "--max-shard-gb", str(spec.max_shard_gb)]
+                    "--weights", spec.weights, "--dtype", spec.dtype]
+            if spec.max_shard_gb is not None:
+                args += ["--max-shard-gb", str(spec.max_shard_gb)]
             log = plan.dir.parent / "export.log"   # not inside: the export folder is a model directory
             return run_logged(srum_command(self.cfg.launcher, args, distributed=False), log, self.cfg.launcher.env)
         plan = StagePlan("export", rd / "export", config, {train.label: self._run_id(train)},

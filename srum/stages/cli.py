@@ -41,8 +41,12 @@ def cmd_judge(args) -> int:
 
 def cmd_records(args) -> int:
     from srum import records
-    fn = records.export_reference if args.action == "export-reference" else records.import_reference
-    counts = fn(args.src, args.dst)
+    if args.action == "export-reference":
+        if args.image_root is not None:
+            raise ValueError("--image-root applies to import-reference only")
+        counts = records.export_reference(args.src, args.dst)
+    else:
+        counts = records.import_reference(args.src, args.dst, image_root=args.image_root)
     print(json.dumps(counts))
     return 0
 
@@ -62,4 +66,7 @@ def add_stage_parsers(sub) -> None:
                    help="export-reference: our rewards.jsonl -> reference JSONL; import-reference: the reverse")
     p.add_argument("src", help="input JSONL")
     p.add_argument("dst", help="output JSONL (written atomically)")
+    p.add_argument("--image-root", default=None,
+                   help="import-reference: the folder the rows' image names are relative to (default: the input "
+                        "JSONL's folder), e.g. the image folder of Wayne-King/SRUM_6k_CompBench_Train")
     p.set_defaults(func=cmd_records)

@@ -9,12 +9,12 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from srum import distributed
-from srum.config import dump_config
+from srum.config import MODEL, dump_config
 from srum.distributed import DistInfo
 
 from srum.fileio import iter_jsonl
@@ -32,7 +32,7 @@ class ModelConfig:
     file name. ``compile``: ``torch.compile`` every decoder layer with ``compile_backend``
     (off by default: it pays off on GPUs over many images, not on a CPU)."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device_map: Literal["auto"] | None = None
     weights: str = "auto"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from srum import distributed
-from srum.config import to_dict
+from srum.config import PATH, to_dict
 from srum.data.prompts import PromptItem, read_prompts
 from srum.distributed import DistInfo
 from srum.models.bagel.prompts import read_think_prompt
@@ -69,8 +69,8 @@ class SamplingConfig:
 @dataclass
 class GenerateConfig:
     model: ModelConfig
-    prompts: list[str]                 # prompt files (.json reference / .txt T2I-CompBench / .jsonl)
-    out_dir: str
+    prompts: list[str] = field(metadata=PATH)   # prompt files (.json reference / .txt T2I-CompBench / .jsonl)
+    out_dir: str = field(metadata=PATH)
     categories: list[str] | None = None        # keep only these categories
     limit_per_category: int | None = None      # first N prompts of each category
     num_images_per_prompt: int = 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from srum.config import PATH
 from srum.judge.backends import load_judge_backend
 from srum.judge.scoring import JudgeConfig, judge_images
 from srum.records import SCHEMA, RecordError, validate_record
@@ -27,8 +28,8 @@ from .generate import image_seed
 
 @dataclass
 class JudgeStageConfig:
-    regions: str                             # regions.jsonl from `srum propose` (or an image manifest)
-    out_dir: str
+    regions: str = field(metadata=PATH)      # regions.jsonl from `srum propose` (or an image manifest)
+    out_dir: str = field(metadata=PATH)
     model: ModelConfig | None = None         # the UMM judging itself (backend "self")
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
@@ -70,7 +71,11 @@ def run_judge(cfg: JudgeStageConfig) -> dict:
     backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
     out_dir = stage.out.out_dir
     judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
-                  "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
+                  "model": (cfg.model.path if cfg.judge.backend == "self"
+                            else cfg.judge.server.model or cfg.judge.judge_model if cfg.judge.backend == "openai"
+                            else cfg.judge.judge_model)}
+    if cfg.judge.backend == "openai":
+        judge_info["endpoint"] = cfg.judge.server.base_url
 
     def usable_regions(item: ImageItem, image) -> tuple[list[dict], list[dict]] | str:
         """The row's regions that can be judged (clipped) and those skipped with the reason,

@@ -21,6 +21,7 @@ import functools
 from dataclasses import dataclass, field
 
 from srum import distributed
+from srum.config import PATH
 from srum.proposals import ProposalConfig, ask_boxes, build_mask_generator, propose_for_image
 
 from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
@@ -28,8 +29,8 @@ from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
 
 @dataclass
 class ProposeStageConfig:
-    images: str                            # generation manifest (JSONL)
-    out_dir: str
+    images: str = field(metadata=PATH)     # generation manifest (JSONL)
+    out_dir: str = field(metadata=PATH)
     model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError, load_config
+from ..config import MODEL, PATH, ConfigError, load_config
 from ..models.bagel.language_model import check_compile_backend
 from ..rewards.raster import RewardMapConfig
 
@@ -21,7 +21,7 @@ class ModelConfig:
     """path: checkpoint directory in the BAGEL-7B-MoT layout or a hub repo id.
     weights: which weight file of it to start from ("auto" = ema.safetensors first)."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     weights: Literal["auto", "ema", "model"] = "auto"
 
 
@@ -75,8 +75,8 @@ class DataConfig:
     num_workers: threads that read and transform the next packs' images ahead of time.
     """
 
-    rewards: list[str] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
+    rewards: list[str] = field(default_factory=list, metadata=PATH)
+    samples: list[str] = field(default_factory=list, metadata=PATH)
     max_image_size: int = 1024
     min_image_size: int = 512
     image_stride: int = 16
@@ -284,7 +284,7 @@ class DebugConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str
+    output_dir: str = field(metadata=PATH)
     model: ModelConfig
     data: DataConfig
     train: TrainLoopConfig

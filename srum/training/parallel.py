@@ -249,4 +249,6 @@ def build_training_model(model_path: str, weights: str, freeze_cfg: FreezeConfig
     model.reset_position_tables()
     model.tokenizer, model.special_tokens = tokenizer, special
     vae = _load_vae(config, ae_files, device, dtype)
+    from srum.models.bagel.attention import log_attention_backend
+    log_attention_backend(str(device), dtype)
     return TrainingModel(model, vae, tokenizer, special, config, Path(model_dir), mesh, dtype, trainable)

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .attention import log_attention_backend
 from .autoencoder import AutoEncoderParams
 from .config import BagelConfig, CheckpointError, LanguageModelConfig, VisionConfig, square_side
 from .layers import sincos_table_2d
@@ -258,6 +259,7 @@ def load_model(path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | No
     load_state_into(model, weight_files, ae_files, dtype, device, device_map)
     model.tokenizer, model.special_tokens = tokenizer, special
     model.checkpoint_dir = model_dir
+    log_attention_backend(str(device) if device_map is None else "cuda (device_map)", dtype)
     return model.eval().requires_grad_(False)
 
 
