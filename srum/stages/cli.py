@@ -21,22 +21,25 @@ def _stage_parser(sub, name: str, help_text: str, example: str) -> argparse.Argu
 def cmd_generate(args) -> int:
     from srum.config import load_config
     from .generate import GenerateConfig, run_generate
-    summary = run_generate(load_config(GenerateConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    return run_stage("generate", lambda: run_generate(cfg))
 
 
 def cmd_propose(args) -> int:
     from srum.config import load_config
     from .propose import ProposeStageConfig, run_propose
-    summary = run_propose(load_config(ProposeStageConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(ProposeStageConfig, args.config, args.overrides)
+    return run_stage("propose", lambda: run_propose(cfg))
 
 
 def cmd_judge(args) -> int:
     from srum.config import load_config
     from .judge import JudgeStageConfig, run_judge
-    summary = run_judge(load_config(JudgeStageConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(JudgeStageConfig, args.config, args.overrides)
+    return run_stage("judge", lambda: run_judge(cfg))
 
 
 def cmd_records(args) -> int:

@@ -41,19 +41,40 @@ def run(args) -> int:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from ..distributed import shutdown
+    from ..distributed import env_info, shutdown
+    from ..stages.status import write_status
     from .trainer import NonFiniteError, train
+    rank = env_info().rank
     try:
-        train(cfg)
+        summary = train(cfg)
     except NonFiniteError as err:
+        write_status(cfg.output_dir, "failed", f"rank {rank}: {err}", rank=rank)
         print(f"srum train: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
+        write_status(cfg.output_dir, "failed", f"rank {rank}: {err}", rank=rank)
         print(f"srum train: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # any other error (out of memory, a collective that broke) is still written down, so the
+        # pipeline never mistakes a crashed run for a finished one
+        write_status(cfg.output_dir, "failed", f"rank {rank}: {type(err).__name__}: {err}", rank=rank)
+        raise
     finally:
         shutdown()
-    return 0
+    return write_train_status(cfg, summary, rank)
+
+
+def write_train_status(cfg, summary: dict, rank: int) -> int:
+    """Rank 0 writes ``status.json``: complete only at ``step == train.total_steps``
+    (every rank passed the final checkpoint's collective save before train() returned)."""
+    from ..stages.status import EXIT_CODES, write_status
+    total = cfg.train.total_steps
+    status = "complete" if summary["step"] == total else "failed"
+    reason = None if status == "complete" else f"stopped at step {summary['step']} of {total}; a rerun resumes"
+    if rank == 0:
+        write_status(cfg.output_dir, status, reason, rank=rank, step=summary["step"], total_steps=total)
+    return EXIT_CODES[status]
 
 
 def main(argv: list[str] | None = None) -> int:
