@@ -261,9 +261,15 @@ def judge_placement(cfg: CompBenchJudgeConfig, info: distributed.DistInfo) -> tu
 
 
 def load_judge(cfg: CompBenchJudgeConfig, info: distributed.DistInfo):
+    import dataclasses
+
     from srum.judge.backends import QwenVLJudge
-    device, device_map = judge_placement(cfg, info)
-    return QwenVLJudge(cfg.model, dtype=cfg.dtype, device=device, device_map=device_map)
+    model = cfg.model
+    if not Path(model).expanduser().exists() and model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        from srum.hub import snapshot
+        model = str(snapshot(model))   # a hub id: local rank 0 downloads, the node's other processes wait
+    device, device_map = judge_placement(dataclasses.replace(cfg, model=model), info)
+    return QwenVLJudge(model, dtype=cfg.dtype, device=device, device_map=device_map)
 
 
 # ------------------------------------------------------------------ asking
