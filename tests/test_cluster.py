@@ -134,3 +134,27 @@ def test_collective_timeouts_are_configurable(monkeypatch):
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.update(kw))
     init_process_group(cfg.parallel.timeout_minutes)
     assert seen["timeout"] == datetime.timedelta(minutes=240)
+
+
+def test_data_stage_timeouts_are_config_fields(monkeypatch, tmp_path):
+    import torch.distributed as dist
+
+    from srum import distributed
+    from srum.config import load_config
+    from srum.evaluation.compbench import CompBenchConfig
+    from srum.stages.generate import GenerateConfig
+    from srum.stages.judge import JudgeStageConfig
+    from srum.stages.propose import ProposeStageConfig
+
+    for cls, extra in ((GenerateConfig, ["model.path=m", "prompts=[p]"]), (ProposeStageConfig, ["images=i"]),
+                       (JudgeStageConfig, ["regions=r", "model.path=m"]), (CompBenchConfig, [])):
+        cfg = load_config(cls, None, ["out_dir=o", "timeout_minutes=300", *extra] +
+                          (["proposals.grounding.enabled=false"] if cls is ProposeStageConfig else []))
+        assert cfg.timeout_minutes == 300
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.update(kw))
+    distributed.init(300)
+    assert seen["timeout"] == datetime.timedelta(minutes=300)

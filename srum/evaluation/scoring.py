@@ -333,7 +333,7 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
     before. ``backend``: an already built judge (tests); default: load ``judge.model``.
     Returns the stage summary (on rank 0; ``{}`` on the others)."""
     stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=SCORES_FILE,
-                            retryable=failed_judgment)
+                            retryable=failed_judgment, timeout_minutes=getattr(config, "timeout_minutes", None))
     items, out_dir = stage.items, stage.out.out_dir
     judge_backend = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(judge, stage.info))
 

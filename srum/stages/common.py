@@ -189,11 +189,13 @@ class ImageStage:
 
     @classmethod
     def open(cls, name: str, manifest: str | os.PathLike, out_dir: str | os.PathLike,
-             manifest_name: str, retryable: Callable[[dict], bool] | None = None) -> ImageStage:
+             manifest_name: str, retryable: Callable[[dict], bool] | None = None,
+             timeout_minutes: float | None = None) -> ImageStage:
         """Join the process group, read ``manifest`` (an unusable row is logged and skipped;
         none usable is an error) and prepare the sharded output ``out_dir/manifest_name``
-        (``retryable``: which result rows ``retry_errors`` redoes, see ShardedOutput)."""
-        info = distributed.init()
+        (``retryable``: which result rows ``retry_errors`` redoes, see ShardedOutput;
+        ``timeout_minutes``: of the process group's collectives)."""
+        info = distributed.init(timeout_minutes)
         items, input_errors = read_image_manifest(manifest)
         log_skipped(info, name, input_errors)
         if not items:
