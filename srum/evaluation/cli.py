@@ -25,6 +25,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config (fields documented in EVAL.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied on top of the config, values parsed as YAML")
+    p.add_argument("--dry-run", action="store_true",
+                   help="preflight: check the model, judge, files, versions and GPUs, print the command; run nothing")
 
 
 def _free_accelerator_memory() -> None:
@@ -95,6 +97,9 @@ def cmd_compbench(args) -> int:
 
     from .compbench import CompBenchConfig
     cfg = load_config(CompBenchConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval compbench", cfg, args.step).report()
     return run_stage("eval compbench", lambda: {"status": _STATUS_OF_CODE[run_compbench(args.step, cfg)]})
 
 

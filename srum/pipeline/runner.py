@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 
 from ..config import ConfigError, build, merge, read_yaml, to_dict
 from ..fileio import atomic_write_text
+from ..preflight import Preflight
 from . import state
 from ..stages.status import clear_status, read_status, worst
 from .config import Layout, PipelineConfig
@@ -47,6 +49,7 @@ class StagePlan:
     # plain in-pipeline step whose return code is its status (export, report)
     status_dirs: list[str] | None = None
     commands: list[list[str]] = field(default_factory=list)   # what run() launches (dry run, preflight)
+    gpus: list[int] = field(default_factory=list)              # GPUs per node of each command
 
 
 def _nest(overrides: dict) -> dict:
@@ -74,6 +77,7 @@ class Pipeline:
         self.cfg = cfg
         self.config_path = config_path
         self.dry_run = dry_run   # print what would run and why; write nothing
+        self.preflight = Preflight() if dry_run else None   # what a dry run found missing
         self.run_dir = Path(cfg.run_dir)
         self.timing: list[dict] = []
         from ..data.registry import load_registry, registry_from_dict
@@ -103,10 +107,14 @@ class Pipeline:
     def _datasets(self, names: list[str], kind: str) -> tuple[list[str], dict]:
         files, selection = [], {}
         for name in names:
+            if self.preflight is not None and name not in self.registry:
+                self.preflight.problem(f"dataset {name!r}: not in the registry {self.registry.source}")
+                files.append(f"<dataset {name}>")
+                continue
             ds = self.registry.get(name)
             if ds.kind != kind:
                 raise ConfigError(f"dataset {name!r} is of kind {ds.kind!r}, expected {kind!r}")
-            files += [str(p) for p in self.registry.resolve(name, self.run_dir)]
+            files += [str(p) for p in self._resolve(name)]
             for key in ("categories", "limit_per_category"):
                 value = getattr(ds, key)
                 if value is not None:
@@ -123,6 +131,18 @@ class Pipeline:
             return srum_command(launcher, args, distributed=False)
         log_dir = plan_dir / "logs" / "torchrun" if launcher.rank_logs else None
         return srum_command(launcher, args, distributed=True, nproc=layout.processes(launcher), log_dir=log_dir)
+
+    def _resolve(self, name: str) -> list[Path]:
+        """A dataset's files; a dry run lists the missing ones as problems instead of stopping."""
+        if self.preflight is None:
+            return self.registry.resolve(name, self.run_dir)
+        found = self.registry.resolve(name, self.run_dir, must_exist=False)
+        for p in found:
+            self.preflight.file(f"dataset {name!r}", p, "see `srum datasets check` and CLUSTER.md, \"Downloads\"")
+        if not found:
+            self.preflight.problem(f"dataset {name!r}: its pattern matches no file")
+            return [Path(f"<dataset {name}>")]
+        return found
 
     def _launched_steps(self, steps: list[tuple[str, Layout | None]],
                         status_dirs: list[str | None]) -> Callable[[StagePlan], int]:
@@ -141,6 +161,8 @@ class Pipeline:
 
     def _plan_commands(self, plan: StagePlan, steps: list[tuple[str, Layout | None]]) -> StagePlan:
         plan.commands = [self._command(plan.dir, command, layout) for command, layout in steps]
+        plan.gpus = [layout.processes(self.cfg.launcher) * layout.gpus_per_process if layout else 0
+                     for _, layout in steps]
         return plan
 
     @staticmethod
@@ -155,6 +177,9 @@ class Pipeline:
         action, why = state.decide(plan.dir, digest, plan.inputs, plan.outputs)
         if self.dry_run:
             print(f"[{plan.label}] would {dict(fresh='run').get(action, action)} ({why})", flush=True)
+            for cmd, gpus in zip(plan.commands, plan.gpus or [0] * len(plan.commands)):
+                print(f"    $ {shlex.join(cmd)}", flush=True)
+                self.preflight.launch(plan.label, cmd, gpus)
             return plan
         if action == "skip":
             print(f"[{plan.label}] done ({why}), skipped", flush=True)
@@ -212,7 +237,12 @@ class Pipeline:
         if grounding:
             data = merge(data, {"model": {"path": model,
                                           "gpus_per_process": self.cfg.propose.layout.gpus_per_process}})
-        return self._launch_plan("propose", rd / "propose", self._checked(ProposeStageConfig, data, "propose"),
+        config = self._checked(ProposeStageConfig, data, "propose")
+        sam = config["proposals"]["sam"]
+        if self.preflight is not None and config["proposals"]["backend"] == "sam" and sam["model_type"] != "tiny":
+            self.preflight.file("propose: SAM checkpoint (proposals.sam.checkpoint)", sam["checkpoint"] or "<unset>",
+                                "download sam_vit_h_4b8939.pth from the segment-anything release (2.4 GB)")
+        return self._launch_plan("propose", rd / "propose", config,
                                  {generate.label: self._run_id(generate)}, ["regions.jsonl", "summary.json"])
 
     def judge(self, rd: Path, model: str, propose: StagePlan) -> StagePlan:
@@ -221,7 +251,10 @@ class Pipeline:
                                                  "out_dir": str(rd / "judge")})
         if ((data.get("judge") or {}).get("backend") or "self") == "self":
             data = merge(data, {"model": {"path": model, "gpus_per_process": self.cfg.judge.layout.gpus_per_process}})
-        return self._launch_plan("judge", rd / "judge", self._checked(JudgeStageConfig, data, "judge"),
+        config = self._checked(JudgeStageConfig, data, "judge")
+        if self.preflight is not None and config["judge"]["backend"] != "self" and config["judge"]["judge_model"]:
+            self.preflight.model("judge: judge.judge_model", config["judge"]["judge_model"], kind="judge")
+        return self._launch_plan("judge", rd / "judge", config,
                                  {propose.label: self._run_id(propose)}, ["rewards.jsonl", "summary.json"])
 
     def train(self, rd: Path, model: str, judge: StagePlan) -> StagePlan:
@@ -239,13 +272,17 @@ class Pipeline:
         spec = self.cfg.export
         config = {"checkpoint": str(train.dir), "base": model, "out": str(rd / "export"), **to_dict(spec)}
 
-        def run(plan: StagePlan) -> int:
-            args = ["export", "checkpoint", config["checkpoint"], "--base", model, "--out", config["out"],
+        def export_args() -> list[str]:
+            return ["export", "checkpoint", config["checkpoint"], "--base", model, "--out", config["out"],
                     "--weights", spec.weights, "--dtype", spec.dtype, "--max-shard-gb", str(spec.max_shard_gb)]
+
+        def run(plan: StagePlan) -> int:
             log = plan.dir.parent / "export.log"   # not inside: the export folder is a model directory
-            return run_logged(srum_command(self.cfg.launcher, args, distributed=False), log, self.cfg.launcher.env)
+            return run_logged(srum_command(self.cfg.launcher, export_args(), distributed=False), log,
+                              self.cfg.launcher.env)
         plan = StagePlan("export", rd / "export", config, {train.label: self._run_id(train)},
-                         ["srum_export.json", "llm_config.json"], run)
+                         ["srum_export.json", "llm_config.json"], run,
+                         commands=[srum_command(self.cfg.launcher, export_args(), distributed=False)], gpus=[0])
         return self.execute(plan)
 
     def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
@@ -265,7 +302,14 @@ class Pipeline:
             step_status = ["images", "scores", None]
         else:
             steps, step_status = [(f"eval {benchmark} all", spec.layout)], ["scores"]
-        plan = StagePlan("eval", out, self._checked(eval_config_class(benchmark), data, "eval"), model_inputs,
+        config = self._checked(eval_config_class(benchmark), data, "eval")
+        if self.preflight is not None and benchmark == "compbench":
+            if not spec.init_tiny_judge:
+                self.preflight.model("eval: judge.model", config["judge"]["model"], kind="judge")
+            if not self.cfg.data.eval:
+                for prompts in config["prompts"]:
+                    self.preflight.file("eval: prompts", prompts)
+        plan = StagePlan("eval", out, config, model_inputs,
                          ["summary/summary.json", "summary/summary.md"], self._launched_steps(steps, step_status),
                          status_dirs=["images", "scores"])
         return self.execute(self._plan_commands(plan, steps))
@@ -315,6 +359,8 @@ class Pipeline:
         started = time.time()
         self.prepare()
         model, model_inputs = cfg.model.path, {"model": cfg.model.path}
+        if self.preflight is not None and not cfg.model.init_tiny:
+            self.preflight.model("model.path (the starting model)", cfg.model.path)
         evals: list[tuple[str, StagePlan]] = []
         if cfg.eval.enabled and cfg.eval.baseline:
             evals.append(("base", self.evaluate(self.run_dir / "baseline" / "eval", model, model_inputs)))
@@ -333,6 +379,8 @@ class Pipeline:
             if cfg.report.enabled:
                 report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
         if self.dry_run:
+            self.preflight.check_versions()
+            self.preflight.check_gpus()
             return None
         self.write_summary(time.time() - started)
         return report

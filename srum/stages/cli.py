@@ -15,7 +15,14 @@ def _stage_parser(sub, name: str, help_text: str, example: str) -> argparse.Argu
     p.add_argument("--config", default=None, help="YAML config (fields documented in TRAIN.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied on top of the config, values parsed as YAML")
+    p.add_argument("--dry-run", action="store_true",
+                   help="preflight: check the model, files, versions and GPUs, print the command; run nothing")
     return p
+
+
+def _dry_run(name: str, cfg) -> int:
+    from srum.preflight import check_stage
+    return check_stage(name, cfg).report()
 
 
 def cmd_generate(args) -> int:
@@ -23,6 +30,8 @@ def cmd_generate(args) -> int:
     from .generate import GenerateConfig, run_generate
     from .status import run_stage
     cfg = load_config(GenerateConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("generate", cfg)
     return run_stage("generate", lambda: run_generate(cfg))
 
 
@@ -31,6 +40,8 @@ def cmd_propose(args) -> int:
     from .propose import ProposeStageConfig, run_propose
     from .status import run_stage
     cfg = load_config(ProposeStageConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("propose", cfg)
     return run_stage("propose", lambda: run_propose(cfg))
 
 
@@ -39,6 +50,8 @@ def cmd_judge(args) -> int:
     from .judge import JudgeStageConfig, run_judge
     from .status import run_stage
     cfg = load_config(JudgeStageConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("judge", cfg)
     return run_stage("judge", lambda: run_judge(cfg))
 
 

@@ -18,6 +18,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides parsed as YAML, e.g. optim.lr=1e-5 train.total_steps=10")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="preflight: check the model, reward files, versions and GPUs, print the command; train nothing")
     p.set_defaults(func=run)
     return p
 
@@ -41,6 +43,9 @@ def run(args) -> int:
         import yaml
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    if getattr(args, "dry_run", False):
+        from ..preflight import check_stage
+        return check_stage("train", cfg).report()
     from ..distributed import env_info, shutdown
     from ..stages.status import write_status
     from .trainer import NonFiniteError, train
