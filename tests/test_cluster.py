@@ -158,3 +158,14 @@ def test_data_stage_timeouts_are_config_fields(monkeypatch, tmp_path):
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.update(kw))
     distributed.init(300)
     assert seen["timeout"] == datetime.timedelta(minutes=300)
+
+
+def test_handled_stage_error_reaches_torchruns_error_file(tmp_path, monkeypatch):
+    from srum.stages.status import StageFailure, run_stage
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+
+    def broken():
+        raise StageFailure("the model refused the sampling settings: height 50 is not a multiple of 16")
+    assert run_stage("generate", broken) == 2
+    assert "height 50" in error_file.read_text()

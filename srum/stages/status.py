@@ -104,8 +104,22 @@ def run_stage(name: str, fn) -> int:
     try:
         return exit_code(fn() or {})
     except (StageFailure, ValueError, OSError) as err:
+        record_for_torchrun(err)
         info = env_info()
         message = str(err) if info.rank == 0 else f"stopped: {err}"
         print(f"srum {name}: error{f' (rank {info.rank})' if info.world_size > 1 else ''}: {message}",
               file=sys.stderr, flush=True)
         return 2
+
+
+def record_for_torchrun(err: BaseException) -> None:
+    """Under torchrun, put a handled error into this worker's error file, so torchrun's
+    failure summary names it (an exception that escapes is recorded by ``srum.__main__``)."""
+    import os
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+        ErrorHandler().record_exception(err)
+    except Exception:   # the error file is a convenience; never hide the real error behind it
+        pass

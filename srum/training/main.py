@@ -47,16 +47,18 @@ def run(args) -> int:
         from ..preflight import check_stage
         return check_stage("train", cfg).report()
     from ..distributed import env_info, shutdown
-    from ..stages.status import write_status
+    from ..stages.status import record_for_torchrun, write_status
     from .trainer import NonFiniteError, train
     rank = env_info().rank
     try:
         summary = train(cfg)
     except NonFiniteError as err:
+        record_for_torchrun(err)
         write_status(cfg.output_dir, "failed", f"rank {rank}: {err}", rank=rank)
         print(f"srum train: error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
+        record_for_torchrun(err)
         write_status(cfg.output_dir, "failed", f"rank {rank}: {err}", rank=rank)
         print(f"srum train: error: {err}", file=sys.stderr)
         return 2
