@@ -252,6 +252,7 @@ def judge_placement(cfg: CompBenchJudgeConfig, info: distributed.DistInfo) -> tu
         if gpus[-1] >= torch.cuda.device_count():
             raise ValueError(f"process {info.local_rank} needs GPUs {gpus} (gpus_per_process={cfg.gpus_per_process}) "
                              f"but only {torch.cuda.device_count()} are visible; launch fewer processes per node")
+        torch.cuda.set_device(first)   # collectives (NCCL) then use this process's own first GPU
         # leave room for activations and the CUDA context
         memory = {g: int(torch.cuda.mem_get_info(g)[0] * 0.85) for g in gpus}
         return None, balanced_device_map(cfg.model, memory, cfg.dtype)

@@ -66,6 +66,7 @@ def load_stage_model(cfg: ModelConfig, info: DistInfo):
         import torch
         gpus = distributed.local_gpus(info, cfg.gpus_per_process)
         device, device_map = torch.device("cuda", gpus[0]), "auto"
+        torch.cuda.set_device(gpus[0])   # collectives (NCCL) then use this process's own first GPU
         # room for activations and the CUDA context on each of this process's GPUs
         max_memory = {g: int(torch.cuda.mem_get_info(g)[0] * 0.85) for g in gpus}
     model = srum.load_model(cfg.path, dtype=cfg.dtype, device=device if device_map is None else None,
