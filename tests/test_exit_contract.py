@@ -153,3 +153,24 @@ def test_every_item_failed_is_a_failed_stage_and_a_rerun_redoes_them(tmp_path):
         return [{"image_id": keys[i]} for i in indices]
     summary = run_items("x", out, fixed, batch_size=2, info=DistInfo(), config={})
     assert summary["status"] == "complete" and summary["num_ok"] == 2
+
+
+def test_eval_runs_as_steps_and_stops_at_the_first_failed_one(tmp_path):
+    """The pipeline's eval launches generate, score and summarize one by one; a generate
+    step that failed (its images/status.json) stops the stage before the judge loads."""
+    fake = tmp_path / "fake-python"
+    calls = tmp_path / "calls.txt"
+    # stands in for `python -m srum eval compbench STEP --config DIR/config.yaml`
+    fake.write_text(f"""#!/usr/bin/env bash
+step="$5"; dir="$(dirname "$7")"
+echo "$step" >> {calls}
+mkdir -p "$dir/images" "$dir/scores"
+if [ "$step" = generate ]; then
+  echo '{{"status": "failed", "reason": "rank 0: CheckpointError: no weights"}}' > "$dir/images/status.json"; exit 2
+fi
+""")
+    fake.chmod(0o755)
+    pipeline = _pipeline(tmp_path / "run", f"launcher.python={fake}", "eval.init_tiny_judge=false")
+    with pytest.raises(PipelineError, match=r"baseline/eval\] failed: images: rank 0: CheckpointError: no weights"):
+        pipeline.evaluate(tmp_path / "run" / "baseline" / "eval", "m", {"model": "m"})
+    assert calls.read_text().split() == ["generate"]
