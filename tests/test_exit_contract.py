@@ -174,3 +174,25 @@ fi
     with pytest.raises(PipelineError, match=r"baseline/eval\] failed: images: rank 0: CheckpointError: no weights"):
         pipeline.evaluate(tmp_path / "run" / "baseline" / "eval", "m", {"model": "m"})
     assert calls.read_text().split() == ["generate"]
+
+
+def test_model_error_under_torchrun_stops_every_rank_once_without_rows(tmp_path, prompt_file):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "SRUM_RANK_LOG_DIR": str(tmp_path / "gen" / "logs")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           f"--log-dir={tmp_path / 'gen' / 'logs' / 'torchrun'}", "-m", "srum", "generate",
+           "--config", str(ROOT / "configs" / "data" / "tiny_generate.yaml"), f"model.path={tmp_path / 'no-bagel'}",
+           f"prompts=[{prompt_file}]", f"out_dir={tmp_path / 'gen'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    out = tmp_path / "gen"
+    assert read_status(out)["status"] == "failed" and "no-bagel" in read_status(out)["reason"]
+    assert all(p.read_text() == "" for p in (out / "parts").glob("*.jsonl"))           # no error rows
+    for rank in (0, 1):
+        log = (out / "logs" / f"rank-{rank}.log").read_text()
+        assert log.count("not a checkpoint directory") == 1, log                       # once per rank
+        assert f"[rank {rank}] srum generate: error" in log
+    assert "error_file: " + str(out / "logs" / "torchrun") in proc.stderr              # torchrun names the cause
