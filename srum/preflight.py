@@ -223,10 +223,11 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     draws = step in (None, "generate", "all")
     if model is not None and draws:
         pf.model("model.path", model.path, weights=getattr(model, "weights", "auto"))
-    for prompts in (getattr(cfg, "prompts", None) or []) if draws else []:
-        pf.file("prompts", prompts)
-    for field_name in ("images", "regions"):
-        if isinstance(getattr(cfg, field_name, None), str) and name != "eval compbench":
+    prompts = getattr(cfg, "prompts", None)
+    for path in prompts if draws and isinstance(prompts, list) else []:
+        pf.file("prompts", path)
+    for field_name in ("images", "regions", "metadata"):
+        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith("eval compbench"):
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam

@@ -126,3 +126,13 @@ def test_hub_id_check_uses_the_cache_only(tmp_path, monkeypatch):
     pf.model("a", "org/cached")
     pf.model("b", "org/missing")
     assert len(pf.problems) == 1 and "org/missing is not cached" in pf.problems[0]
+
+
+def test_every_eval_command_takes_dry_run_and_runs_nothing(tmp_path):
+    out = tmp_path / "mw"
+    proc = _srum(tmp_path, "eval", "miniworld", "all", "--config", "configs/eval/miniworld.yaml",
+                 f"model.path={tmp_path / 'none'}", f"out_dir={out}", "--dry-run")
+    assert proc.returncode == 1 and "none" in proc.stdout and not out.exists()
+    proc = _srum(tmp_path, "eval", "geneval-images", f"model.path={tmp_path / 'none'}",
+                 f"metadata={tmp_path / 'meta.jsonl'}", f"out_dir={out}", "--dry-run")
+    assert proc.returncode == 1 and len(_problems(proc.stdout)) == 2 and not out.exists()

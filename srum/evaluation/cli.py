@@ -106,7 +106,11 @@ def cmd_compbench(args) -> int:
 def cmd_miniworld(args) -> int:
     from srum.config import load_config
     from srum.miniworld.evaluation import MiniWorldEvalConfig, run_miniworld
-    return run_miniworld(args.step, load_config(MiniWorldEvalConfig, args.config, args.overrides))
+    cfg = load_config(MiniWorldEvalConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval miniworld", cfg, args.step).report()
+    return run_miniworld(args.step, cfg)
 
 
 def _add_steps(parser: argparse.ArgumentParser, step_help: dict[str, str], example: str, func) -> None:
@@ -139,7 +143,11 @@ def cmd_geneval_images(args) -> int:
     from srum.config import load_config
 
     from .geneval import GenEvalConfig, run_geneval_images
-    summary = run_geneval_images(load_config(GenEvalConfig, args.config, args.overrides))
+    cfg = load_config(GenEvalConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval geneval-images", cfg).report()
+    summary = run_geneval_images(cfg)
     return 0 if summary.get("complete", True) else 1
 
 
