@@ -99,3 +99,20 @@ def test_model_gpus_per_process_conflicts_with_device_map():
     from srum.stages.common import ModelConfig
     with pytest.raises(ValueError, match="not both"):
         ModelConfig(path="m", device_map="auto", gpus_per_process=2)
+
+
+def test_stage_model_spans_its_process_gpus(monkeypatch):
+    import srum
+    from srum.stages.common import ModelConfig, load_stage_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda g: (80 * 2**30, 80 * 2**30))
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    seen = {}
+    monkeypatch.setattr(srum, "load_model", lambda path, **kw: seen.update(kw) or object())
+    load_stage_model(ModelConfig(path="m", gpus_per_process=4), DistInfo(1, 2, 1))
+    assert seen["device_map"] == "auto" and seen["device"] is None
+    assert sorted(seen["max_memory"]) == [4, 5, 6, 7] and current == [4]
+    load_stage_model(ModelConfig(path="m"), DistInfo(1, 2, 1))
+    assert seen["device"] == torch.device("cuda", 1) and seen["device_map"] is None and seen["max_memory"] is None
