@@ -88,9 +88,10 @@ def local_gpus(info: DistInfo, gpus_per_process: int) -> list[int]:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     first = info.local_rank * g
     if g > 1 and first + g > visible:
+        fits = max(visible // g, 1) if visible else 0
         raise ValueError(f"process {info.local_rank} of this node needs GPUs {list(range(first, first + g))} "
-                         f"(gpus_per_process={g}) but {visible} are visible: launch {max(visible // g, 1) if visible else 0} "
-                         "process(es) per node (nproc_per_node = GPUs / gpus_per_process)")
+                         f"(gpus_per_process={g}) but {visible} are visible: launch {fits} process(es) per node "
+                         "(nproc_per_node = GPUs / gpus_per_process)")
     return list(range(first, first + g))
 
 
