@@ -196,3 +196,23 @@ def test_model_error_under_torchrun_stops_every_rank_once_without_rows(tmp_path,
         assert log.count("not a checkpoint directory") == 1, log                       # once per rank
         assert f"[rank {rank}] srum generate: error" in log
     assert "error_file: " + str(out / "logs" / "torchrun") in proc.stderr              # torchrun names the cause
+
+
+def test_a_rerun_that_crashes_leaves_no_earlier_status(tmp_path):
+    from srum.distributed import DistInfo
+    from srum.stages.common import run_items
+    from srum.stages.shards import ShardedOutput
+
+    from srum.stages.common import error_row
+    keys = ["a", "b"]
+    out = ShardedOutput(tmp_path / "s", keys, DistInfo())
+    run_items("x", out, lambda idx: [{"image_id": "a"} if keys[i] == "a" else error_row("image_id", "b", "bad")
+                                     for i in idx], batch_size=2, info=DistInfo(), config={})
+    assert read_status(out.out_dir)["status"] == "incomplete"
+
+    def killed(indices):
+        assert read_status(out.out_dir) is None      # gone while the retry runs
+        raise KeyboardInterrupt                      # a kill: nothing written on the way out
+    with pytest.raises(KeyboardInterrupt):
+        run_items("x", out, killed, batch_size=1, info=DistInfo(), config={}, retry_errors=True)
+    assert read_status(out.out_dir) is None

@@ -20,7 +20,7 @@ from srum.distributed import DistInfo
 from srum.fileio import iter_jsonl
 
 from .shards import ERROR_KEY, ShardedOutput
-from .status import write_status, write_summary_status
+from .status import clear_status, write_status, write_summary_status
 
 
 @dataclass
@@ -274,6 +274,7 @@ def run_items(name: str, out: ShardedOutput, process_batch: Callable[[list[int]]
     if info.is_main:
         out.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, out.out_dir / "config.yaml")
+        clear_status(out.out_dir)   # an earlier run's status must not outlive a crash of this one
     done = out.done_keys(retry_errors)
     todo = out.my_todo(done)
     log(info, f"srum {name}: {len(out.keys)} items, {len(out.keys) - len(done)} to do over "

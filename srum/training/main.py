@@ -47,9 +47,11 @@ def run(args) -> int:
         from ..preflight import check_stage
         return check_stage("train", cfg).report()
     from ..distributed import env_info, shutdown
-    from ..stages.status import record_for_torchrun, write_status
+    from ..stages.status import clear_status, record_for_torchrun, write_status
     from .trainer import NonFiniteError, train
     rank = env_info().rank
+    if rank == 0:
+        clear_status(cfg.output_dir)   # an earlier run's "complete" must not outlive a crash of this one
     try:
         summary = train(cfg)
     except NonFiniteError as err:
