@@ -169,3 +169,21 @@ def test_handled_stage_error_reaches_torchruns_error_file(tmp_path, monkeypatch)
         raise StageFailure("the model refused the sampling settings: height 50 is not a multiple of 16")
     assert run_stage("generate", broken) == 2
     assert "height 50" in error_file.read_text()
+
+
+def test_pipeline_sbatch_launches_stages_on_every_node(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\nprintf 'gpu003\\ngpu004\\n'\n")
+    (bin_dir / "python").write_text("#!/usr/bin/env bash\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[003-004]",
+           "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_ID": "77", "SLURM_SUBMIT_DIR": str(ROOT)}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "pipeline.sbatch"), "configs/pipeline/x.yaml",
+                          "rounds=2"], env=env, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:5] == ["-m", "srum", "pipeline", "--config", "configs/pipeline/x.yaml"]
+    assert "launcher.nproc_per_node=8" in out and "rounds=2" in out
+    assert "launcher.prefix=[srun,--nodes=2,--ntasks-per-node=1,--kill-on-bad-exit=1]" in out
+    assert ("launcher.torchrun_args=[--nnodes=2,--rdzv-backend=c10d,--rdzv-endpoint=gpu003:29500,"
+            "--rdzv-id=srum-77]") in out
