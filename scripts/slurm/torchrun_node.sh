@@ -20,7 +20,7 @@ first_host() {   # node[001-004],gpu7 -> node001 (without scontrol)
 NODELIST="${SLURM_JOB_NODELIST:-${SLURM_NODELIST:-localhost}}"
 if [[ -z "${MASTER_ADDR:-}" ]]; then
     if command -v scontrol >/dev/null 2>&1; then
-        MASTER_ADDR="$(scontrol show hostnames "$NODELIST" | head -n1)"
+        MASTER_ADDR="$(scontrol show hostnames "$NODELIST" | awk 'NR == 1')"  # (not head: under pipefail its early exit kills the pipe)
     else
         MASTER_ADDR="$(first_host "$NODELIST")"
     fi
