@@ -15,6 +15,7 @@ it before the run", which compute nodes without internet need anyway). Checks:
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -49,9 +50,27 @@ class Preflight:
         if not p.is_file():
             self.problem(f"{label}: {_where(p)} not found{'; ' + fix if fix else ''}")
 
-    def model(self, label: str, path_or_id: str, kind: str = "bagel", weights: str = "auto") -> None:
-        """A Bagel (``kind="bagel"``) or Qwen2.5-VL judge (``kind="judge"``) directory or hub id."""
-        text = str(path_or_id)
+    def model(self, label: str, path_or_id: str, kind: str = "bagel", weights: str = "auto",
+              gpus_per_process: int = 1) -> None:
+        """A Bagel (``kind="bagel"``) or Qwen2.5-VL judge (``kind="judge"``) directory or hub
+        id; when it is here and GPUs are visible, also whether its weights fit the
+        ``gpus_per_process`` GPUs each process spreads it over."""
+        self._check_model(label, str(path_or_id), kind, weights)
+        size = weights_bytes(str(path_or_id))
+        if size:
+            self.fits(label, size, gpus_per_process)
+
+    def fits(self, label: str, size: int, gpus_per_process: int) -> None:
+        """The weights alone take at most 80 % of each of the process's GPUs (activations,
+        the KV cache and the CUDA context need the rest)."""
+        memory = _gpu_memory()
+        if not memory or size / gpus_per_process <= 0.8 * memory:
+            return
+        need = math.ceil(size / (0.8 * memory))
+        self.problem(f"{label}: {size / 1e9:.0f} GB of weights over {gpus_per_process} GPU(s) of "
+                     f"{memory / 1e9:.0f} GB does not fit: give this step's layout gpus_per_process >= {need}")
+
+    def _check_model(self, label: str, text: str, kind: str, weights: str) -> None:
         p = Path(text).expanduser()
         files = BAGEL_FILES if kind == "bagel" else JUDGE_FILES
         if p.is_dir():
@@ -158,6 +177,33 @@ def _cached(repo_id: str, filename: str) -> bool:
         return False
 
 
+def _gpu_memory() -> int | None:
+    """The smallest visible GPU's memory in bytes (None without CUDA)."""
+    import torch
+    if not torch.cuda.is_available() or not torch.cuda.device_count():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+
+
+def weights_bytes(path_or_id: str) -> int | None:
+    """Bytes of a model's ``*.safetensors`` here (a local folder, or the cached snapshot of
+    a hub id); None when it is not here. A Bagel folder counts its EMA weights once."""
+    p = Path(path_or_id).expanduser()
+    if not p.is_dir() and _looks_like_hub_id(path_or_id):
+        from huggingface_hub import try_to_load_from_cache
+        for probe in ("config.json", "llm_config.json"):
+            found = try_to_load_from_cache(path_or_id, probe)
+            if isinstance(found, str):
+                p = Path(found).parent
+                break
+    if not p.is_dir():
+        return None
+    files = [f for f in p.glob("*.safetensors") if f.name != "ae.safetensors"]
+    if (p / "ema.safetensors").is_file():   # a Bagel folder may hold ema and model weights: one is loaded
+        files = [p / "ema.safetensors"]
+    return sum(f.stat().st_size for f in files) or None
+
+
 def _visible_gpus() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -222,7 +268,8 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     model = getattr(cfg, "model", None)
     draws = step in (None, "generate", "all")
     if model is not None and draws:
-        pf.model("model.path", model.path, weights=getattr(model, "weights", "auto"))
+        pf.model("model.path", model.path, weights=getattr(model, "weights", "auto"),
+                 gpus_per_process=getattr(model, "gpus_per_process", 1))
     prompts = getattr(cfg, "prompts", None)
     for path in prompts if draws and isinstance(prompts, list) else []:
         pf.file("prompts", path)
@@ -240,7 +287,7 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
         for rewards in cfg.data.rewards:
             pf.file("data.rewards", rewards)
     if name == "eval compbench" and step in ("score", "all"):
-        pf.model("judge.model", cfg.judge.model, kind="judge")
+        pf.model("judge.model", cfg.judge.model, kind="judge", gpus_per_process=cfg.judge.gpus_per_process)
         if step == "score":
             pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
                     "run the generate step first, or set images=")

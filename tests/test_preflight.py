@@ -135,3 +135,23 @@ def test_every_eval_command_takes_dry_run_and_runs_nothing(tmp_path):
     proc = _srum(tmp_path, "eval", "geneval-images", f"model.path={tmp_path / 'none'}",
                  f"metadata={tmp_path / 'meta.jsonl'}", f"out_dir={out}", "--dry-run")
     assert proc.returncode == 1 and len(_problems(proc.stdout)) == 2 and not out.exists()
+
+
+def test_a_judge_that_does_not_fit_its_gpus_is_a_problem(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    judge = tmp_path / "qwen72b"
+    judge.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (judge / name).write_text("{}")
+    with open(judge / "model.safetensors", "wb") as f:
+        f.truncate(147 * 10**9)                                   # sparse: the 72B judge's size, no disk used
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 10**9))
+    one = Preflight()
+    one.model("eval: judge.model", str(judge), kind="judge", gpus_per_process=1)
+    assert one.problems == ["eval: judge.model: 147 GB of weights over 1 GPU(s) of 80 GB does not fit: give this "
+                            "step's layout gpus_per_process >= 3"]
+    four = Preflight()
+    four.model("eval: judge.model", str(judge), kind="judge", gpus_per_process=4)
+    assert four.problems == []

@@ -305,7 +305,8 @@ class Pipeline:
         config = self._checked(eval_config_class(benchmark), data, "eval")
         if self.preflight is not None and benchmark == "compbench":
             if not spec.init_tiny_judge:
-                self.preflight.model("eval: judge.model", config["judge"]["model"], kind="judge")
+                self.preflight.model("eval: judge.model", config["judge"]["model"], kind="judge",
+                                     gpus_per_process=spec.judge_layout.gpus_per_process)
             if not self.cfg.data.eval:
                 for prompts in config["prompts"]:
                     self.preflight.file("eval: prompts", prompts)
@@ -360,7 +361,8 @@ class Pipeline:
         self.prepare()
         model, model_inputs = cfg.model.path, {"model": cfg.model.path}
         if self.preflight is not None and not cfg.model.init_tiny:
-            self.preflight.model("model.path (the starting model)", cfg.model.path)
+            g = min(getattr(cfg, n).layout.gpus_per_process for n in ("generate", "propose", "judge", "eval"))
+            self.preflight.model("model.path (the starting model)", cfg.model.path, gpus_per_process=g)
         evals: list[tuple[str, StagePlan]] = []
         if cfg.eval.enabled and cfg.eval.baseline:
             evals.append(("base", self.evaluate(self.run_dir / "baseline" / "eval", model, model_inputs)))
