@@ -138,7 +138,7 @@ class Pipeline:
             return self.registry.resolve(name, self.run_dir)
         found = self.registry.resolve(name, self.run_dir, must_exist=False)
         for p in found:
-            self.preflight.file(f"dataset {name!r}", p, "see `srum datasets check` and CLUSTER.md, \"Downloads\"")
+            self.preflight.file(f"dataset {name!r}", p, "see `srum datasets check` and the README, \"On a GPU cluster\"")
         if not found:
             self.preflight.problem(f"dataset {name!r}: its pattern matches no file")
             return [Path(f"<dataset {name}>")]
