@@ -67,6 +67,7 @@ class CompBenchConfig:
     seed: int = 0                                     # base seed of image noise and judge retries
     batch_size: int = 1                               # prompts per generation call on one process
     retry_errors: bool = False                        # redo items recorded in errors.jsonl
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     judge: CompBenchJudgeConfig = field(default_factory=CompBenchJudgeConfig)
     images: str | None = field(default=None, metadata=PATH)   # score this image manifest instead of the run's own
@@ -124,7 +125,7 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
     over torchrun processes and resumable. Returns the stage summary."""
     if cfg.model is None:
         raise ValueError("model.path is required to generate images")
-    info = distributed.init()
+    info = distributed.init(cfg.timeout_minutes)
     work = PromptJobs.read("eval generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
                            cfg.num_images_per_prompt)
     return generate_prompt_images(cfg, work, info)

@@ -269,6 +269,7 @@ def judge_placement(cfg: CompBenchJudgeConfig, info: distributed.DistInfo) -> tu
         if gpus[-1] >= torch.cuda.device_count():
             raise ValueError(f"process {info.local_rank} needs GPUs {gpus} (gpus_per_process={cfg.gpus_per_process}) "
                              f"but only {torch.cuda.device_count()} are visible; launch fewer processes per node")
+        torch.cuda.set_device(first)   # collectives (NCCL) then use this process's own first GPU
         # leave room for activations and the CUDA context
         memory = {g: int(torch.cuda.mem_get_info(g)[0] * 0.85) for g in gpus}
         return None, balanced_device_map(cfg.model, memory, cfg.dtype)
@@ -281,9 +282,15 @@ def load_judge(cfg: CompBenchJudgeConfig, info: distributed.DistInfo):
     if cfg.backend == "openai":   # served elsewhere: nothing is placed on this process's GPUs
         from srum.judge.openai_backend import OpenAIJudge
         return OpenAIJudge(cfg.server, model=cfg.model)
+    import dataclasses
+
     from srum.judge.backends import QwenVLJudge
-    device, device_map = judge_placement(cfg, info)
-    return QwenVLJudge(cfg.model, dtype=cfg.dtype, device=device, device_map=device_map)
+    model = cfg.model
+    if not Path(model).expanduser().exists() and model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        from srum.hub import snapshot
+        model = str(snapshot(model))   # a hub id: local rank 0 downloads, the node's other processes wait
+    device, device_map = judge_placement(dataclasses.replace(cfg, model=model), info)
+    return QwenVLJudge(model, dtype=cfg.dtype, device=device, device_map=device_map)
 
 
 # ------------------------------------------------------------------ asking
@@ -352,7 +359,7 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
     before. ``backend``: an already built judge (tests); default: load ``judge.model``.
     Returns the stage summary (on rank 0; ``{}`` on the others)."""
     stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=SCORES_FILE,
-                            retryable=failed_judgment)
+                            retryable=failed_judgment, timeout_minutes=getattr(config, "timeout_minutes", None))
     items, out_dir = stage.items, stage.out.out_dir
     judge_backend = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(judge, stage.info))
 

@@ -77,6 +77,7 @@ class GenerateConfig:
     seed: int = 0                              # base seed; see image_seed()
     batch_size: int = 1                        # prompts per generate call on one process
     retry_errors: bool = False                 # redo items recorded as failed
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -135,7 +136,7 @@ def detailed_prompt(thought: str | None) -> str | None:
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
-    info = distributed.init()
+    info = distributed.init(cfg.timeout_minutes)
     work = PromptJobs.read("generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
                            cfg.num_images_per_prompt)
     out_dir = Path(cfg.out_dir)

@@ -34,6 +34,7 @@ class JudgeStageConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
     retry_errors: bool = False               # redo unreadable images and records with a failed judgment
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     batch_size: int = 8                      # images per step; logits mode asks their questions together
 
     def __post_init__(self):
@@ -66,7 +67,7 @@ def region_problem(region, width: int, height: int) -> str | None:
 
 def run_judge(cfg: JudgeStageConfig) -> dict:
     stage = ImageStage.open("judge", cfg.regions, cfg.out_dir, manifest_name="rewards.jsonl",
-                            retryable=has_failed_judgment)
+                            retryable=has_failed_judgment, timeout_minutes=cfg.timeout_minutes)
     model = lazy_model(cfg.model if cfg.judge.backend == "self" else None, stage.info)
     backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
     out_dir = stage.out.out_dir

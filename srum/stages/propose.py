@@ -34,6 +34,7 @@ class ProposeStageConfig:
     model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     batch_size: int = 8                    # images per step; backend self asks their boxes in one call
 
     def __post_init__(self):
@@ -47,7 +48,8 @@ class ProposeStageConfig:
 
 
 def run_propose(cfg: ProposeStageConfig) -> dict:
-    stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl")
+    stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl",
+                            timeout_minutes=cfg.timeout_minutes)
     sam = functools.cache(lambda: build_mask_generator(cfg.proposals.sam, distributed.local_device(stage.info))
                           if cfg.proposals.backend == "sam" else None)
     uses_model = cfg.proposals.grounding.enabled or cfg.proposals.backend == "self"

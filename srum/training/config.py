@@ -211,7 +211,10 @@ class ParallelConfig:
     backward (use_reentrant=False). vae_batch_size: at most this many same-size images
     per VAE encode call (a speed/memory trade; results do not depend on it).
     compile: torch.compile every decoder layer (off by default; worth it on GPU, where
-    the first steps pay the compile time). compile_backend: the torch.compile backend."""
+    the first steps pay the compile time). compile_backend: the torch.compile backend.
+    timeout_minutes: how long a collective waits for the slowest rank (NCCL/gloo); null =
+    ``$SRUM_DIST_TIMEOUT_MINUTES`` or 120. NCCL's own 10 minutes is shorter than a
+    checkpoint save of the 7B recipe (~167 GB) or rank 0 fetching the weights."""
 
     sharding: Literal["full", "hybrid"] = "full"
     shard_size: int | None = None
@@ -221,8 +224,11 @@ class ParallelConfig:
     vae_batch_size: int = 8
     compile: bool = False
     compile_backend: str = "inductor"
+    timeout_minutes: float | None = None
 
     def __post_init__(self):
+        if self.timeout_minutes is not None and not self.timeout_minutes > 0:
+            raise ValueError(f"parallel.timeout_minutes must be > 0, got {self.timeout_minutes}")
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"parallel.shard_size must be >= 1, got {self.shard_size}")
         if self.vae_batch_size < 1:

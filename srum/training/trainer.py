@@ -325,7 +325,7 @@ def _peak_rss_gib() -> float:
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training run; returns a summary dict. Collective: every rank calls it."""
-    info = init_process_group()
+    info = init_process_group(cfg.parallel.timeout_minutes)
     _setup_logging(info)
     device = local_device(info)
     world = dist.get_world_size()

@@ -212,11 +212,11 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None =
     text = str(path_or_repo_id)
     if os.path.exists(text) or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"{text}: not a checkpoint directory (and not a hub repo id of the form owner/name)")
-    from huggingface_hub import snapshot_download
+    from srum.hub import snapshot
     main_weights = "model*.safetensors" if weights == "model" else "ema*.safetensors"
     patterns = ["*.json", "*.txt", AE_WEIGHTS, main_weights]
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+        return snapshot(text, revision=revision, allow_patterns=patterns)   # local rank 0 fetches, the rest wait
     except Exception as err:  # hub errors (offline, not found, auth) all end here
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if offline else ""
