@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,20 +204,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from srum.distributed import die_with_torchrun, peer_failure_note
+    from srum.judge.errors import JudgeBackendFatal, fatal_reason
     from srum.models.bagel.config import CheckpointError
-    die_with_torchrun()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker dies with torchrun (torch imported only then)
+        from srum.distributed import die_with_torchrun
+        die_with_torchrun()
     try:
         return args.func(args)
     except Exception as err:
-        note = peer_failure_note(err)  # another rank failed and printed why: one line, no backend traceback
+        note = _peer_failure_note(err)  # another rank failed and printed why: one line, no backend traceback
         if note is not None:
             print(f"srum {args.command}: {note}", file=sys.stderr)
             return 1
-        if isinstance(err, (CheckpointError, ValueError, OSError)):  # ConfigError is a ValueError
+        if isinstance(err, (CheckpointError, ValueError, OSError, JudgeBackendFatal)):  # ConfigError is a ValueError
             print(f"srum {args.command}: error: {err}", file=sys.stderr)
             return 2
-        raise
+        # CUDA out of memory / CUDA errors: one clear line instead of a traceback per rank
+        reason = fatal_reason(err) if isinstance(err, RuntimeError) else None
+        if reason is None:
+            raise
+        hint = (" Lower the batch size (or image size / tokens per step), or give the model more GPUs."
+                if "memory" in reason else "")
+        print(f"srum {args.command}: error: {reason}, the stage stopped (rerun resumes it): "
+              f"{type(err).__name__}: {err}.{hint}", file=sys.stderr)
+        return 3
+
+
+def _peer_failure_note(err: BaseException) -> str | None:
+    """:func:`srum.distributed.peer_failure_note`, importing torch only in a multi-process run."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return None
+    from srum.distributed import peer_failure_note
+    try:
+        return peer_failure_note(err)
+    except ValueError:  # a malformed RANK/WORLD_SIZE: the error is reported as usual
+        return None
 
 
 if __name__ == "__main__":

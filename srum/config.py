@@ -7,6 +7,10 @@ as ``optim.lr=1e-5`` or ``sampling.cfg_interval=[0.4,1.0]`` (values parsed as YA
 builds the dataclass tree. An unknown key, a wrong type or a missing required field is a
 :class:`ConfigError` that names the file and the dotted field, so a typo never silently
 falls back to a default.
+
+Relative paths written in a config file (fields marked :data:`PATH` / :data:`MODEL`) are
+taken from the file's :func:`config_root`, so a command behaves the same from any
+directory; paths in command-line overrides keep meaning the current directory.
 """
 from __future__ import annotations
 
@@ -25,6 +29,75 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not match the expected fields."""
+
+
+# ------------------------------------------------------------------ paths in config files
+# Field metadata marking a path. A relative path written in a config *file* means
+# "relative to the config root" (below), not to whatever directory the command runs in;
+# a path given as a command-line override keeps meaning the current directory.
+PATH = {"srum_path": "file"}      # a file or folder: always taken from the config root
+MODEL = {"srum_path": "model"}    # a model directory or a hub id: from the root when it exists there
+ROOT_ENV = "SRUM_ROOT"            # overrides the config root of every config file
+
+
+def config_root(path: str | os.PathLike) -> Path:
+    """What a relative path in config file ``path`` is relative to: ``$SRUM_ROOT`` if set;
+    else, for a file under a ``configs/`` folder (the repository's ``configs/data/generate.yaml``),
+    the folder holding ``configs/`` (the repository root, where ``data/`` and ``runs/``
+    are); else the file's own folder."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(os.path.expanduser(env)).absolute()
+    here = Path(path).absolute().parent
+    for folder in (here, *here.parents):
+        if folder.name == "configs":
+            return folder.parent
+    return here
+
+
+def _rootable(text: Any) -> bool:
+    """A relative path as written (not ~, $VAR, a {placeholder} or a URL)."""
+    return (isinstance(text, str) and text.strip() != "" and not os.path.isabs(text)
+            and not text.startswith(("~", "$", "{")) and "://" not in text)
+
+
+def _resolve_value(value: Any, kind: str, root: Path) -> Any:
+    if isinstance(value, list):
+        return [_resolve_value(v, kind, root) for v in value]
+    if not _rootable(value):
+        return value
+    candidate = os.path.normpath(root / value)
+    if kind == "model" and not os.path.exists(candidate):
+        return value   # a hub id (ByteDance-Seed/BAGEL-7B-MoT), or not there: left as written
+    return candidate
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def resolve_paths(cls: type, data: Any, root: str | os.PathLike) -> Any:
+    """``data`` (raw YAML for dataclass ``cls``) with the relative paths of its
+    :data:`PATH` / :data:`MODEL` fields made absolute against ``root``. Unknown keys and
+    wrong types are left for :func:`build` to report."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        kind = f.metadata.get("srum_path")
+        if kind:
+            out[f.name] = _resolve_value(out[f.name], kind, Path(root))
+        elif (sub := _dataclass_of(hints[f.name])) is not None:
+            out[f.name] = resolve_paths(sub, out[f.name], root)
+    return out
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -175,8 +248,10 @@ def build(cls: type[T], data: dict, where: str = "") -> T:
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
-    """YAML file (optional) + dotted overrides -> a checked ``cls`` instance."""
-    data = read_yaml(path) if path is not None else {}
+    """YAML file (optional) + dotted overrides -> a checked ``cls`` instance. Relative
+    paths in the file are taken from its :func:`config_root`; in overrides, from the
+    current directory."""
+    data = resolve_paths(cls, read_yaml(path), config_root(path)) if path is not None else {}
     data = merge(data, parse_overrides(overrides))
     try:
         return build(cls, data)

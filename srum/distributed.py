@@ -46,15 +46,55 @@ def env_info() -> DistInfo:
     return info
 
 
-def init(timeout_minutes: float = 60.0) -> DistInfo:
-    """Start the process group when launched with more than one process (idempotent)."""
+DEFAULT_TIMEOUT_MINUTES = 120.0   # a 7B checkpoint save or a 72B judge's shard can take many minutes
+
+
+def timeout_minutes(configured: float | None = None) -> float:
+    """The collective timeout: the config's value, else ``$SRUM_DIST_TIMEOUT_MINUTES``
+    (the pipeline's ``launcher.dist_timeout_minutes``), else :data:`DEFAULT_TIMEOUT_MINUTES`.
+    NCCL's own default (10 min) is shorter than saving a DCP checkpoint of the 7B recipe."""
+    if configured is not None:
+        return float(configured)
+    value = os.environ.get("SRUM_DIST_TIMEOUT_MINUTES")
+    try:
+        return float(value) if value else DEFAULT_TIMEOUT_MINUTES
+    except ValueError:
+        raise ValueError(f"SRUM_DIST_TIMEOUT_MINUTES={value!r} is not a number of minutes") from None
+
+
+def init(timeout: float | None = None) -> DistInfo:
+    """Start the process group when launched with more than one process (idempotent).
+    ``timeout``: minutes a collective may wait (see :func:`timeout_minutes`)."""
     info = env_info()
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes(timeout)))
     return info
+
+
+def local_world_size() -> int:
+    """Processes on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(value) if value else 1
+
+
+def local_gpus(info: DistInfo, gpus_per_process: int) -> list[int]:
+    """The GPUs of this process when each process spans ``gpus_per_process`` of them: the
+    visible devices sliced by local rank, ``[local_rank * g, (local_rank + 1) * g)``.
+    Raises with the launch that fits when the node has too few."""
+    g = int(gpus_per_process)
+    if g < 1:
+        raise ValueError(f"gpus_per_process must be >= 1, got {g}")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    first = info.local_rank * g
+    if g > 1 and first + g > visible:
+        fits = max(visible // g, 1) if visible else 0
+        raise ValueError(f"process {info.local_rank} of this node needs GPUs {list(range(first, first + g))} "
+                         f"(gpus_per_process={g}) but {visible} are visible: launch {fits} process(es) per node "
+                         "(nproc_per_node = GPUs / gpus_per_process)")
+    return list(range(first, first + g))
 
 
 def local_device(info: DistInfo) -> torch.device:

@@ -541,18 +541,42 @@ def export_reference(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             "invalid": len(errors), "errors": errors}
 
 
-def import_reference(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+def _under_root(written: str | None, image_root: str) -> str | None:
+    """Where an image named in a published row lies under ``image_root``: a relative name
+    below it; an absolute path as is when it exists, else its file name below the root
+    (published rows can carry the authors' own absolute paths)."""
+    if written is None:
+        return None
+    if not os.path.isabs(written):
+        return os.path.normpath(os.path.join(image_root, written))
+    return written if os.path.exists(written) else os.path.join(image_root, os.path.basename(written))
+
+
+def import_reference(src: str | os.PathLike, dst: str | os.PathLike, image_root: str | os.PathLike | None = None
+                     ) -> dict:
     """Convert a reward JSONL (either format) to ``srum.reward.v1`` records at ``dst``.
 
-    Image paths are rewritten relative to ``dst``'s directory; sizes come from the global
-    entry's bbox, or from the image file when that is missing. Returns counts: ``read``,
-    ``written``, ``failed_global`` (rows without a usable global score, kept as failed),
-    ``zero_global`` (rows whose global score is a genuine 0.0, kept), ``import_fixes``
-    (regions dropped, boxes and scores clamped: :func:`srum.reference_import.tally_import_fixes`),
-    ``invalid`` and ``errors``.
+    Image names are taken from ``src``'s folder, or from ``image_root`` when given (the
+    published ``Wayne-King/SRUM_6k_CompBench_Train`` keeps its images apart from its
+    JSONL, as the reference trainer's ``image_dirs`` do); they are rewritten relative to
+    ``dst``'s directory. Sizes come from the global entry's bbox, or from the image file
+    when that is missing. Returns counts: ``read``, ``written``, ``failed_global`` (rows
+    without a usable global score, kept as failed), ``zero_global`` (rows whose global
+    score is a genuine 0.0, kept), ``import_fixes`` (regions dropped, boxes and scores
+    clamped: :func:`srum.reference_import.tally_import_fixes`), ``images_missing`` (rows
+    whose image is not where it was resolved to: check ``image_root``), ``invalid`` and
+    ``errors``.
     """
     records, errors = read_records(src)
     dst_dir = os.path.dirname(os.path.abspath(os.fspath(dst)))
+    if image_root is not None:
+        root = os.path.abspath(os.fspath(image_root))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image root not found: {root}")
+        for record in records:
+            record["image_path"] = _under_root(record["image_file"], root)
+            record["reference_image_path"] = _under_root(record.get("reference_image_file"), root)
+    missing = [r["image_path"] for r in records if not os.path.isfile(r["image_path"])]
     for record in records:
         record["image_file"] = _relative_to(record["image_path"], dst_dir)
         if record.get("reference_image_path"):
@@ -561,7 +585,8 @@ def import_reference(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     failed = sum(1 for r in records if r["global"]["status"] == "failed")
     zero = sum(1 for r in records if carries_reward(r["global"]) and r["global"]["score"] == 0.0)
     return {"read": len(records), "written": written, "failed_global": failed, "zero_global": zero,
-            "import_fixes": tally_import_fixes(records), "invalid": len(errors), "errors": errors}
+            "import_fixes": tally_import_fixes(records), "images_missing": len(missing),
+            "first_missing": missing[:3], "invalid": len(errors), "errors": errors}
 
 
 # --------------------------------------------------------------------------- masks

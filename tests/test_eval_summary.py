@@ -168,7 +168,7 @@ def test_compare_two_runs_with_deltas(tmp_path):
 def test_compare_input_errors(tmp_path):
     base = _summary_file(tmp_path / "base" / "summary.json", BAGEL_README, BAGEL_COMPLEX)
     with pytest.raises(ValueError, match="at least two"):
-        compare_runs([base], tmp_path / "out")
+        compare_runs([base], tmp_path / "out", paper=False)
     with pytest.raises(ValueError, match="labels"):
         compare_runs([base, base], tmp_path / "out", labels=["one"])
     with pytest.raises(FileNotFoundError, match="no summary.json"):
@@ -195,3 +195,20 @@ def test_compare_uses_a_benchmarks_own_table_when_every_run_has_it(tmp_path):
     plain = _summary_file(tmp_path / "plain/summary.json", BAGEL_README, BAGEL_COMPLEX)
     mixed = compare_runs([plain, trained], tmp_path / "cmp2")
     assert mixed["benchmark"] == "T2I-CompBench" and "3d_spatial" in mixed["columns"]
+
+
+def test_compare_lists_the_papers_rows(tmp_path):
+    """One run is checked against the paper's reported table (86.55 for Bagel+SRUM)."""
+    run = _summary_file(tmp_path / "published/summary/summary.json", BAGEL_README, BAGEL_COMPLEX)
+    result = compare_runs([run], tmp_path / "cmp", labels=["SRUM_BAGEL_7B_MoT (ours)"])
+    rows = result["paper"]["rows"]
+    assert list(rows) == ["Bagel", "Bagel (CoT)", "Bagel+SRUM", "Bagel+SRUM (CoT)"]
+    assert rows["Bagel+SRUM"]["overall"] == 86.55 and rows["Bagel"]["overall"] == 82.18
+    for values in rows.values():   # the reported overall is the mean of the 8 columns
+        assert values["overall"] == pytest.approx(sum(v for c, v in values.items() if c != "overall") / 8, abs=0.01)
+    md = (tmp_path / "cmp/compare.md").read_text()
+    assert "## Reported in the paper" in md and "| Bagel+SRUM | 83.10 | 92.90 | 88.69 |" in md
+    with open(tmp_path / "cmp/compare.csv") as f:
+        assert ["paper: Bagel+SRUM", "paper"] == next(r for r in csv.reader(f) if r[0] == "paper: Bagel+SRUM")[:2]
+    plain = compare_runs([run, run], tmp_path / "cmp2", labels=["a", "b"], paper=False)
+    assert "paper" not in plain and "Reported in the paper" not in (tmp_path / "cmp2/compare.md").read_text()

@@ -30,7 +30,7 @@ def test_config_builds_every_stage_and_checks_the_benchmark(tmp_path, capsys):
     from srum.pipeline.config import load_pipeline_config
     from srum.pipeline.runner import Pipeline, eval_config_class
     cfg = load_pipeline_config(str(CONFIG), [f"run_dir={tmp_path / 'run'}"])
-    assert cfg.eval.benchmark == "miniworld" and cfg.model.path == "models/miniworld"
+    assert cfg.eval.benchmark == "miniworld" and cfg.model.path == str(ROOT / "models/miniworld")   # config root
     Pipeline(cfg, str(CONFIG), dry_run=True).run()          # every stage config is built and checked
     assert capsys.readouterr().out.count("would run") == 1 + 2 * 7
     assert eval_config_class("miniworld").__name__ == "MiniWorldEvalConfig"

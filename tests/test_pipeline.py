@@ -19,6 +19,7 @@ from srum.pipeline import state
 from srum.pipeline.config import LauncherConfig, load_pipeline_config
 from srum.pipeline.launch import srum_command
 from srum.pipeline.runner import Pipeline, PipelineError, StagePlan
+from srum.stages.status import write_status
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "pipeline" / "tiny.yaml"
@@ -237,9 +238,11 @@ def test_failed_stage_names_its_log_and_resumes(tmp_path):
         if len(calls) == 1:
             return 3
         (plan.dir / "out.txt").write_text("ok")
+        write_status(plan.dir, "complete")
         return 0
-    plan = StagePlan("judge", tmp_path / "round-01" / "judge", {"x": 1}, {"up": "1"}, ["out.txt"], flaky)
-    with pytest.raises(PipelineError, match=r"round-01/judge.*exit code 3.*stage.log"):
+    plan = StagePlan("judge", tmp_path / "round-01" / "judge", {"x": 1}, {"up": "1"}, ["out.txt"], flaky,
+                     status_dirs=["."])
+    with pytest.raises(PipelineError, match=r"round-01/judge.*no status.json.*exit code 3.*stage.log"):
         pipeline.execute(plan)
     assert state.read_marker(plan.dir)["status"] == "failed"
     pipeline.execute(plan)
@@ -248,9 +251,13 @@ def test_failed_stage_names_its_log_and_resumes(tmp_path):
     assert [a["returncode"] for a in marker["attempts"]] == [3, 0]
     pipeline.execute(plan)
     assert len(calls) == 2                                                     # finished: skipped
-    # exit 1 (some items failed) stops the run unless allow_incomplete
+    # a stage whose items partly failed (its own status.json says so) stops the run unless allow_incomplete
     pipeline.cfg.allow_incomplete = False
-    plan1 = StagePlan("eval", tmp_path / "round-01" / "eval", {"x": 1}, {}, [], lambda p: 1)
+
+    def partly(plan):
+        write_status(plan.dir, "incomplete", "2 items failed")
+        return 1
+    plan1 = StagePlan("eval", tmp_path / "round-01" / "eval", {"x": 1}, {}, [], partly, status_dirs=["."])
     with pytest.raises(PipelineError, match="allow_incomplete"):
         pipeline.execute(plan1)
     pipeline.cfg.allow_incomplete = True

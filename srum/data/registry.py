@@ -366,16 +366,22 @@ def _parse_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...]
 
 
 def default_registry_path() -> tuple[Path, str]:
-    """The registry used when none is named: ``$SRUM_DATASETS`` if set, else the shipped
-    ``data/datasets.yaml`` next to the ``srum`` package. Returns (path, where it came from)."""
+    """The registry used when none is named: ``$SRUM_DATASETS`` if set; else, in a source
+    checkout, the repository's ``data/datasets.yaml``; else (a regular install from a wheel)
+    the copy installed with the package (``srum/data/shipped/``, package data), whose
+    shipped prompt files resolve next to it. Never the current directory: the same
+    registry answers from any directory. Returns (path, where it came from)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(os.path.expanduser(env)), f"${ENV_VAR}"
-    return Path(__file__).resolve().parents[2] / "data" / "datasets.yaml", "the shipped default"
+    checkout = Path(__file__).resolve().parents[2] / "data" / "datasets.yaml"
+    if checkout.is_file():
+        return checkout, "the repository's data/datasets.yaml"
+    return Path(__file__).resolve().parent / "shipped" / "datasets.yaml", "the registry installed with srum"
 
 
 def load_registry(path: str | os.PathLike | None = None) -> DatasetRegistry:
-    """Read a registry YAML. ``None`` -> ``$SRUM_DATASETS`` if set, else ``<repo>/data/datasets.yaml``."""
+    """Read a registry YAML. ``None`` -> :func:`default_registry_path`."""
     if path is None:
         path, origin = default_registry_path()
     else:

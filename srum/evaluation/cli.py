@@ -18,12 +18,15 @@ import sys
 from pathlib import Path
 
 COMPBENCH_STEPS = ("generate", "score", "summarize", "all")
+_STATUS_OF_CODE = {0: "complete", 1: "incomplete", 2: "failed"}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML config (fields documented in EVAL.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied on top of the config, values parsed as YAML")
+    p.add_argument("--dry-run", action="store_true",
+                   help="preflight: check the model, judge, files, versions and GPUs, print the command; run nothing")
 
 
 def _free_accelerator_memory() -> None:
@@ -35,9 +38,11 @@ def _free_accelerator_memory() -> None:
 
 
 def run_compbench(step: str, cfg) -> int:
-    """Run one step (or all) of a CompBench evaluation; returns the exit code
-    (0 done, 1 incomplete: some items failed or are missing)."""
+    """Run one step (or all) of a CompBench evaluation; returns the exit code of its
+    worst step's status (0 complete, 1 incomplete: some items failed, 2 failed; each step
+    writes its ``status.json``: ``images/``, ``scores/``)."""
     from srum import distributed
+    from srum.stages.status import EXIT_CODES, worst
 
     from .compbench import RunLayout, run_generate_images
     from .scoring import run_score
@@ -46,9 +51,11 @@ def run_compbench(step: str, cfg) -> int:
     if step not in COMPBENCH_STEPS:
         raise ValueError(f"step must be one of {COMPBENCH_STEPS}, got {step!r}")
     layout = RunLayout(Path(cfg.out_dir))
-    complete = True  # summaries come back on rank 0 only ({} elsewhere)
+    if step == "all":
+        check_all_steps_fit(cfg.judge.gpus_per_process)
+    statuses = []  # summaries come back on rank 0 only ({} elsewhere)
     if step in ("generate", "all"):
-        complete &= bool(run_generate_images(cfg).get("complete", True))
+        statuses.append(run_generate_images(cfg).get("status", "complete"))
         _free_accelerator_memory()
     if step in ("score", "all"):
         manifest = Path(cfg.images) if cfg.images else layout.images_manifest
@@ -56,27 +63,54 @@ def run_compbench(step: str, cfg) -> int:
             raise FileNotFoundError(f"{manifest}: no image manifest; run the generate step first or set images=")
         summary = run_score(manifest, layout.scores, cfg.judge, seed=cfg.seed, retry_errors=cfg.retry_errors,
                             category=cfg.images_category, config=cfg)
-        complete &= bool(summary.get("complete", True))
+        statuses.append(summary.get("status", "complete"))
         _free_accelerator_memory()
     if step in ("summarize", "all") and distributed.env_info().is_main:
         summary = summarize_run(layout.root)
         print(json.dumps({k: summary[k] for k in ("overall", "overall_8cat", "complex_composite", "num_scored",
                                                   "num_failed")}))
         print(f"srum eval compbench: wrote {layout.summary}/summary.md", file=sys.stderr)
-    return 0 if complete else 1
+    return EXIT_CODES[worst(statuses)] if statuses else 0
+
+
+def check_all_steps_fit(judge_gpus_per_process: int) -> None:
+    """``all`` runs generation and the judge with the same processes: a judge that spans g
+    GPUs per process needs ``processes per node * g`` GPUs. Say so before anything runs
+    (not after hours of generation) and name the two launches that fit."""
+    import os
+
+    import torch
+    g = judge_gpus_per_process
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if g > 1 and local * g > visible:
+        raise ValueError(f"judge.gpus_per_process={g} with {local} process(es) per node needs {local * g} GPUs, "
+                         f"{visible} visible: run the steps as separate launches, e.g. `torchrun "
+                         f"--nproc_per_node={max(visible, 1)} -m srum eval compbench generate ...` then `torchrun "
+                         f"--nproc_per_node={max(visible // g, 1)} -m srum eval compbench score ...` and "
+                         "`srum eval compbench summarize ...` (srum pipeline does this itself)")
 
 
 def cmd_compbench(args) -> int:
     from srum.config import load_config
+    from srum.stages.status import run_stage
 
     from .compbench import CompBenchConfig
-    return run_compbench(args.step, load_config(CompBenchConfig, args.config, args.overrides))
+    cfg = load_config(CompBenchConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval compbench", cfg, args.step).report()
+    return run_stage("eval compbench", lambda: {"status": _STATUS_OF_CODE[run_compbench(args.step, cfg)]})
 
 
 def cmd_miniworld(args) -> int:
     from srum.config import load_config
     from srum.miniworld.evaluation import MiniWorldEvalConfig, run_miniworld
-    return run_miniworld(args.step, load_config(MiniWorldEvalConfig, args.config, args.overrides))
+    cfg = load_config(MiniWorldEvalConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval miniworld", cfg, args.step).report()
+    return run_miniworld(args.step, cfg)
 
 
 def _add_steps(parser: argparse.ArgumentParser, step_help: dict[str, str], example: str, func) -> None:
@@ -91,7 +125,7 @@ def _add_steps(parser: argparse.ArgumentParser, step_help: dict[str, str], examp
 
 def cmd_compare(args) -> int:
     from .summary import compare_runs
-    result = compare_runs(args.runs, args.out, args.labels)
+    result = compare_runs(args.runs, args.out, args.labels, paper=not args.no_paper)
     print((Path(args.out) / "compare.md").read_text(), end="")
     return 0 if result["runs"] else 1
 
@@ -109,7 +143,11 @@ def cmd_geneval_images(args) -> int:
     from srum.config import load_config
 
     from .geneval import GenEvalConfig, run_geneval_images
-    summary = run_geneval_images(load_config(GenEvalConfig, args.config, args.overrides))
+    cfg = load_config(GenEvalConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval geneval-images", cfg).report()
+    summary = run_geneval_images(cfg)
     return 0 if summary.get("complete", True) else 1
 
 
@@ -148,6 +186,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); first = base")
     c.add_argument("--out", required=True, help="folder for compare.{md,json,csv,png}")
     c.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
+    c.add_argument("--no-paper", action="store_true",
+                   help="leave out the SRUM paper's reported rows (listed by default for T2I-CompBench; with them "
+                        "one run is enough)")
     c.set_defaults(func=cmd_compare)
 
     c = sub.add_parser("official-layout", help="link a run's images into T2I-CompBench's samples/ layout",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from srum import distributed
+from srum.config import PATH, to_dict
 from srum.data.prompts import PromptItem
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, read_image_manifest, run_items
@@ -58,9 +59,9 @@ class EvalSamplingConfig(SamplingConfig):
 class CompBenchConfig:
     """Everything ``srum eval compbench`` needs (fields documented in EVAL.md)."""
 
-    out_dir: str                                      # the run directory
+    out_dir: str = field(metadata=PATH)               # the run directory
     model: ModelConfig | None = None                  # the Bagel to evaluate (step "generate")
-    prompts: list[str] = field(default_factory=lambda: ["data/prompts/val_comp.json"])
+    prompts: list[str] = field(default_factory=lambda: ["data/prompts/val_comp.json"], metadata=PATH)
     categories: list[str] | None = field(default_factory=lambda: list(COMPBENCH_CATEGORIES))
     limit_per_category: int | None = None             # first N prompts of each category (quick runs)
     num_images_per_prompt: int = 1
@@ -68,9 +69,10 @@ class CompBenchConfig:
     batch_size: int = 1                               # prompts per generation call on one process
     retry_errors: bool = False                        # redo items recorded in errors.jsonl
     fresh: bool = False                               # generate: move earlier images aside and start over
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     judge: CompBenchJudgeConfig = field(default_factory=CompBenchJudgeConfig)
-    images: str | None = None                         # score this image manifest instead of the run's own
+    images: str | None = field(default=None, metadata=PATH)   # score this image manifest instead of the run's own
     images_category: str | None = None               # category of manifest rows that have none
 
     def __post_init__(self):
@@ -125,7 +127,7 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
     over torchrun processes and resumable. Returns the stage summary."""
     if cfg.model is None:
         raise ValueError("model.path is required to generate images")
-    info = distributed.init()
+    info = distributed.init(cfg.timeout_minutes)
     work = PromptJobs.read("eval generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
                            cfg.num_images_per_prompt)
     return generate_prompt_images(cfg, work, info)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from srum import distributed
+from srum.config import PATH, to_dict
 from srum.fileio import atomic_write_text
 from srum.stages.common import ModelConfig, lazy_model, log_skipped, run_items
 from srum.stages.outdir import result_settings
@@ -45,8 +46,8 @@ class GenEvalSamplingConfig(SamplingConfig):
 @dataclass
 class GenEvalConfig:
     model: ModelConfig
-    metadata: str                        # GenEval's prompts/evaluation_metadata.jsonl
-    out_dir: str                         # <IMAGE_FOLDER> for evaluation/evaluate_images.py
+    metadata: str = field(metadata=PATH)   # GenEval's prompts/evaluation_metadata.jsonl
+    out_dir: str = field(metadata=PATH)    # <IMAGE_FOLDER> for evaluation/evaluate_images.py
     num_images_per_prompt: int = 4
     seed: int = 0
     batch_size: int = 1                  # images per generation call on one process

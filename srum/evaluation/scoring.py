@@ -8,8 +8,11 @@ answer leniently (code fences, prose around the object, single quotes, ``Score: 
 lines, a bare number). An answer that does not parse is asked again up to ``retries``
 times *with sampling* (a greedy re-ask would write the same text), from a generator
 seeded by (seed, image id) so that reruns and other world sizes give the same rows. A
-judge call that raises (``RuntimeError``, e.g. out of memory, or ``ValueError``) is a
-failed attempt like an answer that does not parse. If every attempt fails the row is
+judge call that raises for its questions (``ValueError``, a ``RuntimeError`` that is not
+a CUDA one, an HTTP request of the ``openai`` backend that failed after its retries) is a
+failed attempt like an answer that does not parse; CUDA out of memory, a CUDA error or an
+unreachable judge server stops the stage instead
+(:class:`~srum.judge.errors.JudgeBackendFatal`). If every attempt fails the row is
 ``status: "failed"``, ``score: null``: it is counted, never averaged in (the reference
 averaged such images in as -1).
 
@@ -31,21 +34,26 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
 from srum import distributed
+from srum.config import MODEL
+from srum.judge.errors import JudgeRequestError, raise_if_fatal
+from srum.judge.openai_backend import OpenAIServerConfig
 from srum.judge.parse import ParseError, brace_blocks, load_lenient, strip_reasoning
 from srum.stages.common import ImageStage, error_row, open_image, relative_to
 from srum.stages.generate import image_seed
 
 DEFAULT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct"
 SCORES_FILE = "scores.jsonl"            # every judged image (ok and failed): what the summary reads
-# What a judge call may raise for one batch (out of memory, a reply it cannot produce):
-# such an attempt fails and is retried; anything else is a bug and stops the run.
+# What a judge call may raise for the questions of one batch (a reply it cannot produce, an
+# HTTP request that failed): such an attempt fails and is retried. CUDA out of memory and
+# CUDA errors are RuntimeErrors too but break the judge, not the question: they stop the
+# stage (srum.judge.errors.raise_if_fatal). Anything else is a bug and stops the run.
 BACKEND_ERRORS = (RuntimeError, ValueError)
 
 # Our wording of the 0-100 alignment rubric. The five 20-point bands and what they stand
@@ -188,7 +196,9 @@ class CompBenchJudgeConfig:
     ``gpus_per_process: g > 1`` the GPUs ``[LOCAL_RANK*g, (LOCAL_RANK+1)*g)`` (launch
     ``GPUs / g`` processes per node)."""
 
-    model: str = DEFAULT_JUDGE          # Qwen2.5-VL-Instruct directory or hub id (72B / 32B / 7B)
+    model: str = field(default=DEFAULT_JUDGE, metadata=MODEL)   # Qwen2.5-VL-Instruct directory or hub id
+    backend: Literal["transformers", "openai"] = "transformers"   # in-process, or a vLLM / SGLang server
+    server: OpenAIServerConfig = field(default_factory=OpenAIServerConfig)   # backend openai: where it is
     dtype: str | None = "bfloat16"      # bfloat16 | float16 | float32; None = the checkpoint's
     device: str | None = None           # one process, one device (e.g. "cuda:1"); None = automatic
     device_map: str | None = None       # "auto": one process spreads the judge over all visible GPUs
@@ -210,6 +220,8 @@ class CompBenchJudgeConfig:
             raise ValueError(f"device_map must be null or 'auto', got {self.device_map!r}")
         if self.device_map and self.gpus_per_process > 1:
             raise ValueError("choose device_map: auto (one process, all GPUs) or gpus_per_process (torchrun), not both")
+        if self.backend == "openai":
+            self.server.check("judge")
         if self.question_template is not None:
             try:
                 self.question_template.format(prompt="x")
@@ -257,6 +269,7 @@ def judge_placement(cfg: CompBenchJudgeConfig, info: distributed.DistInfo) -> tu
         if gpus[-1] >= torch.cuda.device_count():
             raise ValueError(f"process {info.local_rank} needs GPUs {gpus} (gpus_per_process={cfg.gpus_per_process}) "
                              f"but only {torch.cuda.device_count()} are visible; launch fewer processes per node")
+        torch.cuda.set_device(first)   # collectives (NCCL) then use this process's own first GPU
         # leave room for activations and the CUDA context
         memory = {g: int(torch.cuda.mem_get_info(g)[0] * 0.85) for g in gpus}
         return None, balanced_device_map(cfg.model, memory, cfg.dtype)
@@ -266,9 +279,18 @@ def judge_placement(cfg: CompBenchJudgeConfig, info: distributed.DistInfo) -> tu
 
 
 def load_judge(cfg: CompBenchJudgeConfig, info: distributed.DistInfo):
+    if cfg.backend == "openai":   # served elsewhere: nothing is placed on this process's GPUs
+        from srum.judge.openai_backend import OpenAIJudge
+        return OpenAIJudge(cfg.server, model=cfg.model)
+    import dataclasses
+
     from srum.judge.backends import QwenVLJudge
-    device, device_map = judge_placement(cfg, info)
-    return QwenVLJudge(cfg.model, dtype=cfg.dtype, device=device, device_map=device_map)
+    model = cfg.model
+    if not Path(model).expanduser().exists() and model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        from srum.hub import snapshot
+        model = str(snapshot(model))   # a hub id: local rank 0 downloads, the node's other processes wait
+    device, device_map = judge_placement(dataclasses.replace(cfg, model=model), info)
+    return QwenVLJudge(model, dtype=cfg.dtype, device=device, device_map=device_map)
 
 
 # ------------------------------------------------------------------ asking
@@ -276,13 +298,18 @@ def _ask(backend, images: Sequence, questions: Sequence[str], cfg: CompBenchJudg
          generator: torch.Generator | None) -> list[str | BaseException]:
     """One judge call: greedy for ``generator`` None, else sampled from it. Returns one
     answer per image or, when the call raised one of :data:`BACKEND_ERRORS`, that
-    exception in place of every answer."""
+    exception in place of the answers it lacks (the rows a
+    :class:`~srum.judge.errors.JudgeRequestError` answered keep their answer). CUDA
+    errors and unusable servers raise :class:`~srum.judge.errors.JudgeBackendFatal`."""
     sampled = generator is not None
     try:
         return backend.generate([[im] for im in images], list(questions), system=None,
                                 max_new_tokens=cfg.max_new_tokens, do_sample=sampled,
                                 temperature=cfg.retry_temperature if sampled else 1.0, generator=generator)
+    except JudgeRequestError as err:
+        return [a if a is not None else JudgeRequestError([None], [e]) for a, e in zip(err.answers, err.errors)]
     except BACKEND_ERRORS as err:
+        raise_if_fatal(err, f"judge {getattr(backend, 'model_id', '?')}")
         return [err] * len(images)
 
 
@@ -332,7 +359,7 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
     before. ``backend``: an already built judge (tests); default: load ``judge.model``.
     Returns the stage summary (on rank 0; ``{}`` on the others)."""
     stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=SCORES_FILE,
-                            retryable=failed_judgment)
+                            retryable=failed_judgment, timeout_minutes=getattr(config, "timeout_minutes", None))
     items, out_dir = stage.items, stage.out.out_dir
     judge_backend = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(judge, stage.info))
 

@@ -291,15 +291,18 @@ def _own_table(summaries: list[dict]) -> dict | None:
 
 
 def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-                 labels: Sequence[str] | None = None) -> dict:
+                 labels: Sequence[str] | None = None, paper: bool = True) -> dict:
     """Side-by-side table of two or more runs with deltas against the first (the base).
     Writes ``compare.json``, ``compare.csv``, ``compare.md`` and ``compare.png``.
 
     The columns are T2I-CompBench's, unless every run's summary carries the same own
     ``table`` (e.g. ``srum eval miniworld``: its 6 categories, 1 object / 2+ objects,
-    overall): then those columns, headers and values are compared."""
-    if len(sources) < 2:
-        raise ValueError("compare needs at least two runs")
+    overall): then those columns, headers and values are compared. With ``paper`` (the
+    default) a T2I-CompBench comparison also lists the SRUM paper's reported rows
+    (:mod:`srum.evaluation.paper`; ``paper`` key of the JSON, ``paper`` rows of the CSV, a
+    second table in the Markdown); then a single run is enough."""
+    if len(sources) < (1 if paper else 2):
+        raise ValueError("compare needs at least two runs (or one, with the paper's rows)")
     if labels is not None and len(labels) != len(sources):
         raise ValueError(f"{len(labels)} labels for {len(sources)} runs")
     labels = list(labels) if labels else [Path(s).resolve().name or str(s) for s in sources]
@@ -323,6 +326,9 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": name, "columns": cols, "base": labels[0], "runs": runs}
+    if paper and not own:
+        from .paper import PAPER, PAPER_ROWS
+        result["paper"] = {"source": PAPER, "rows": PAPER_ROWS}
     atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
 
     import io
@@ -335,6 +341,8 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
         if "delta" in run:
             writer.writerow([run["label"], f"delta vs {labels[0]}",
                              *("" if run["delta"][c] is None else f"{run['delta'][c]:+.4f}" for c in cols), "", ""])
+    for label, values in (result.get("paper") or {}).get("rows", {}).items():
+        writer.writerow([f"paper: {label}", "paper", *(f"{values[c]:.2f}" for c in cols), "", ""])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
 
     lines = [f"# {name} comparison (base: {labels[0]})", "",
@@ -351,6 +359,14 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     note = own.get("note") if own else ("Overall: the reference formula (7 base categories + complex composite, "
                                         "/ 8).")
     lines += ["", "Deltas in parentheses are against the first run." + (f" {note}" if note else "")]
+    if "paper" in result:
+        lines += ["", f"## Reported in the paper ({result['paper']['source']})", "",
+                  "| model | " + " | ".join(headers.get(c, c) for c in cols) + " |",
+                  "|---|" + "|".join("---:" for _ in cols) + "|"]
+        lines += [f"| {label} | " + " | ".join(_fmt(values[c]) for c in cols) + " |"
+                  for label, values in result["paper"]["rows"].items()]
+        lines += ["", "Same protocol, our rubric wording: close, not identical, numbers are expected "
+                      "(EVAL.md, \"Checking a set-up against the paper\")."]
     atomic_write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
     bar_chart({r["label"]: r["values"] for r in runs}, cols, out_dir / "compare.png",
               f"{name} comparison (base: {labels[0]})", headers)

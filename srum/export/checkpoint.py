@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Training checkpoint (DCP shards) -> a directory in the published BAGEL-7B-MoT layout.
 
-The output holds ``ema.safetensors`` (the file name every Bagel loader reads; sharded as
-``ema-0000i-of-0000N.safetensors`` + ``ema.safetensors.index.json`` beyond
-``max_shard_bytes``), ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, the
+The output holds one ``ema.safetensors`` by default: the file Bagel's own app and eval
+scripts and the SRUM reference's scripts open (they do not read a sharded index). Given
+``max_shard_bytes`` it is split into ``ema-0000i-of-0000N.safetensors`` +
+``ema.safetensors.index.json`` (srum's loader reads both), ``llm_config.json``, ``vit_config.json``, ``ae.safetensors``, the
 tokenizer files, a ``README.md`` model card and ``srum_export.json`` (provenance).
 
 Where each tensor comes from:
@@ -15,7 +16,9 @@ Where each tensor comes from:
 
 Every tensor of the base model must exist in the checkpoint with the same name and
 shape; anything else is a :class:`CheckpointError`, never a silent fill. Tensors are read
-from the shards one output file at a time, so host memory stays near ``max_shard_bytes``.
+from the shards one output file at a time, so host memory stays near one output file: the
+whole model (~29 GB for BAGEL-7B-MoT in bf16) for the single file, ``max_shard_bytes``
+when sharded.
 """
 from __future__ import annotations
 
@@ -71,7 +74,9 @@ def trained_parameter_names(checkpoint: Path, base_dir: Path) -> tuple[set[str],
     return set(freeze(model, cfg.freeze, cfg.trains_lm_head)), cfg
 
 
-def _shard_plan(keys: list[str], sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
+def _shard_plan(keys: list[str], sizes: dict[str, int], max_bytes: int | None) -> list[list[str]]:
+    if max_bytes is None:   # one ema.safetensors, what every Bagel loader opens
+        return [list(keys)]
     shards, current, size = [], [], 0
     for key in keys:
         if current and size + sizes[key] > max_bytes:
@@ -85,7 +90,7 @@ def _shard_plan(keys: list[str], sizes: dict[str, int], max_bytes: int) -> list[
 
 def export_checkpoint(checkpoint: str | os.PathLike, base_model: str | os.PathLike, out_dir: str | os.PathLike,
                       weights: str = "auto", dtype: torch.dtype | str = torch.bfloat16,
-                      max_shard_bytes: int = 5 * 2 ** 30) -> Path:
+                      max_shard_bytes: int | None = None) -> Path:
     """Write the exported model directory; returns its path (see the module docstring)."""
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights must be 'auto', 'ema' or 'model', got {weights!r}")

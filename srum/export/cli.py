@@ -7,10 +7,11 @@ import json
 
 def cmd_checkpoint(args) -> int:
     from .checkpoint import export_checkpoint
-    if not args.max_shard_gb > 0:
+    if args.max_shard_gb is not None and not args.max_shard_gb > 0:
         raise ValueError(f"--max-shard-gb must be > 0, got {args.max_shard_gb}")
+    shard = int(args.max_shard_gb * 2 ** 30) if args.max_shard_gb is not None else None
     out = export_checkpoint(args.checkpoint, args.base, args.out, weights=args.weights, dtype=args.dtype,
-                            max_shard_bytes=int(args.max_shard_gb * 2 ** 30))
+                            max_shard_bytes=shard)
     print(json.dumps(json.loads((out / "srum_export.json").read_text())))
     print(f"exported to {out}")
     return 0
@@ -38,8 +39,9 @@ def add_export_parser(sub) -> None:
                    help="trained tensors from the EMA (auto: when the run kept one) or the trained weights")
     c.add_argument("--dtype", choices=["bfloat16", "float32", "float16"], default="bfloat16",
                    help="dtype of the written tensors (default bfloat16, as published)")
-    c.add_argument("--max-shard-gb", type=float, default=5.0,
-                   help="split ema.safetensors into shards of at most this size plus an index (default 5)")
+    c.add_argument("--max-shard-gb", type=float, default=None,
+                   help="split ema.safetensors into shards of at most this size plus an index (default: one "
+                        "ema.safetensors, which Bagel's own scripts and the reference's need)")
     c.set_defaults(func=cmd_checkpoint)
     s = actions.add_parser("sft-parquet", help="generated images + manifest -> parquet for the SFT baseline")
     s.add_argument("manifest", help="manifest.jsonl of srum generate (or the reference's output.jsonl)")

@@ -16,6 +16,8 @@ Backends:
 * :class:`QwenVLJudge` (``"qwen2_5_vl"``): an external Qwen2.5-VL through transformers,
   for comparison studies and for benchmark evaluation. Any directory in the published HF
   layout or hub id works; ``HF_HUB_OFFLINE=1`` is honoured and remote code never runs.
+* :class:`~srum.judge.openai_backend.OpenAIJudge` (``"openai"``): the same external judge
+  served by vLLM / SGLang over the OpenAI-compatible HTTP API.
 """
 from __future__ import annotations
 
@@ -147,10 +149,16 @@ class QwenVLJudge:
         if local:
             common["local_files_only"] = True
         torch_dtype = resolve_dtype(dtype)
+        if device_map is None:
+            # load straight onto the device: no full copy of a 72B judge in host RAM per process
+            device = torch.device(device) if device is not None else \
+                torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
         try:
             self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                self.model_id, dtype=torch_dtype if torch_dtype is not None else "auto", device_map=device_map,
-                **common).eval()
+                self.model_id, dtype=torch_dtype if torch_dtype is not None else "auto",
+                device_map=device_map if device_map is not None else {"": str(device)}, **common).eval()
             self.processor = AutoProcessor.from_pretrained(self.model_id, **common)
         except OSError as err:
             offline = os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
@@ -160,10 +168,6 @@ class QwenVLJudge:
         if getattr(self.processor, "image_processor", None) is None or not hasattr(self.processor, "tokenizer"):
             raise ValueError(f"{self.model_id}: no Qwen2.5-VL processor (preprocessor_config.json missing?); "
                              f"got {type(self.processor).__name__}")
-        if device_map is None:
-            device = torch.device(device) if device is not None else \
-                torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.model.to(device)
         self.device = next(self.model.parameters()).device if device_map is None else \
             self.model.get_input_embeddings().weight.device
         self.tokenizer = self.processor.tokenizer
@@ -255,4 +259,7 @@ def load_judge_backend(cfg, model=None) -> JudgeBackend:
         if not cfg.judge_model:
             raise ValueError("judge backend 'qwen2_5_vl' needs judge_model (a checkpoint directory or hub id)")
         return QwenVLJudge(cfg.judge_model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
-    raise ValueError(f"unknown judge backend {cfg.backend!r}; expected 'self' or 'qwen2_5_vl'")
+    if cfg.backend == "openai":
+        from .openai_backend import OpenAIJudge
+        return OpenAIJudge(cfg.server, model=cfg.judge_model)
+    raise ValueError(f"unknown judge backend {cfg.backend!r}; expected 'self', 'qwen2_5_vl' or 'openai'")

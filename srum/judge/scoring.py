@@ -29,9 +29,12 @@ import PIL.Image
 import torch
 
 from srum.models.bagel.prompts import read_think_prompt
+from srum.config import MODEL
 from srum.models.bagel.transforms import to_rgb
 from srum.regions import RegionView, show_region
 
+from .errors import JudgeRequestError
+from .openai_backend import OpenAIServerConfig
 from .parse import ParseError, parse_judgment
 from .rubric import RATING_SCALE, global_question, local_question
 
@@ -40,8 +43,8 @@ from .rubric import RATING_SCALE, global_question, local_question
 class JudgeConfig:
     """Settings of ``srum judge`` (documented in TRAIN.md, "Self-judgment")."""
 
-    backend: Literal["self", "qwen2_5_vl"] = "self"   # "self": the Bagel being trained judges itself
-    judge_model: str | None = None      # qwen2_5_vl: checkpoint directory or hub id (ignored for "self")
+    backend: Literal["self", "qwen2_5_vl", "openai"] = "self"   # "self": the Bagel being trained judges itself
+    judge_model: str | None = field(default=None, metadata=MODEL)   # qwen2_5_vl: directory or hub id; openai: served name
     mode: Literal["text", "logits"] = "text"   # parsed written answers, or expected score from logits
     think: bool = True                  # text mode: reason inside <think> ... </think> before answering
     think_system_prompt: str | None = None   # None: the backend's own (Bagel's think prompt for "self")
@@ -57,6 +60,7 @@ class JudgeConfig:
     dtype: str | None = None            # qwen2_5_vl: bfloat16 | float16 | float32; None = checkpoint's
     device: str | None = None           # qwen2_5_vl: e.g. "cuda:0"; None = CUDA if available, else CPU
     device_map: str | None = None       # qwen2_5_vl: e.g. "auto" to shard a large judge over GPUs
+    server: OpenAIServerConfig = field(default_factory=OpenAIServerConfig)   # openai: the judge server (EVAL.md)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -73,6 +77,10 @@ class JudgeConfig:
             raise ValueError("give think_system_prompt or think_system_prompt_file, not both")
         if self.backend == "qwen2_5_vl" and not self.judge_model:
             raise ValueError("backend qwen2_5_vl needs judge_model (a checkpoint directory or hub id)")
+        if self.backend == "openai":
+            self.server.check("judge")
+            if not (self.judge_model or self.server.model):
+                raise ValueError("backend openai needs judge_model (or server.model): the served model name")
 
 
 @dataclass
@@ -188,13 +196,21 @@ def _ask_text(backend, questions: list[_Question], cfg: JudgeConfig, generator) 
             break
         sample = attempt > 0
         for chunk in _chunks(pending, cfg.batch_size):
-            replies = backend.generate([q.images for q in chunk], [q.text for q in chunk], system=system,
-                                       max_new_tokens=cfg.max_new_tokens, do_sample=sample,
-                                       temperature=cfg.retry_temperature, generator=generator if sample else None)
+            try:
+                replies = backend.generate([q.images for q in chunk], [q.text for q in chunk], system=system,
+                                           max_new_tokens=cfg.max_new_tokens, do_sample=sample,
+                                           temperature=cfg.retry_temperature, generator=generator if sample else None)
+            except JudgeRequestError as err:   # rows without an answer: a failed attempt each, like a bad answer
+                replies = [a if a is not None else _NoAnswer(e) for a, e in zip(err.answers, err.errors)]
             if len(replies) != len(chunk):
                 raise RuntimeError(f"judge backend {backend.name!r} returned {len(replies)} replies "
                                    f"for {len(chunk)} questions")
             for q, reply in zip(chunk, replies):
+                if isinstance(reply, _NoAnswer):
+                    q.answers.append(None)
+                    q.sampled.append(sample)
+                    q.errors.append(f"judge request failed: {reply.error}")
+                    continue
                 q.answers.append(reply)
                 q.sampled.append(sample)
                 try:
@@ -216,6 +232,13 @@ def _ask_text(backend, questions: list[_Question], cfg: JudgeConfig, generator) 
             "detail": {"attempts": len(q.answers), "error": f"no parseable answer in {len(q.answers)} attempt(s)",
                        "answers": list(q.answers), "sampled": list(q.sampled), "errors": list(q.errors)},
         }
+
+
+@dataclass
+class _NoAnswer:
+    """A row of a judge call that got no answer (see :class:`~srum.judge.errors.JudgeRequestError`)."""
+
+    error: str
 
 
 # ------------------------------------------------------------------ logits mode

@@ -19,13 +19,16 @@ def cmd_pipeline(args) -> int:
         from srum.config import to_dict
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    if args.dry_run:
+        from .runner import Pipeline
+        pipeline = Pipeline(cfg, args.config, dry_run=True)
+        pipeline.run()
+        return pipeline.preflight.report(commands=False)   # 1 when anything is missing, every problem listed
     try:
-        report = run_pipeline(cfg, args.config, dry_run=args.dry_run)
+        report = run_pipeline(cfg, args.config)
     except PipelineError as err:
         print(f"srum pipeline: {err}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        return 0
     print(f"srum pipeline: run directory {cfg.run_dir} (stage timings in timing.json, overview in index.html)")
     if report is not None:
         print(f"srum pipeline: report at {report.resolve()}")
@@ -45,6 +48,8 @@ def add_pipeline_parser(subparsers) -> argparse.ArgumentParser:
                    help="dotted overrides parsed as YAML, e.g. rounds=3 train.overrides.optim.lr=1e-5")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--dry-run", action="store_true",
-                   help="check every stage's config and print what would run, skip or resume, and why; write nothing")
+                   help="preflight: check every stage's config, model, file, version and GPU need, print what "
+                        "would run, skip or resume (and why) with each launch command; write nothing; exit 1 "
+                        "listing every problem at once")
     p.set_defaults(func=cmd_pipeline)
     return p

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..config import ConfigError, load_config
+from ..config import MODEL, PATH, ConfigError, load_config
 
 STAGES = ("generate", "propose", "judge", "train", "export", "eval", "report")
 LAUNCHED = ("generate", "propose", "judge", "train", "eval")   # run under torchrun when several processes
@@ -26,7 +26,7 @@ class BaseModelConfig:
     init_tiny: write a random tiny Bagel at ``path`` when it does not exist (the demo).
     tiny_seed: its weight seed."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     init_tiny: bool = False
     tiny_seed: int = 0
 
@@ -41,7 +41,7 @@ class DataSpec:
     extra_rewards: reward datasets trained on in every round besides the round's own."""
 
     generate: list[str]
-    registry: str | None = None
+    registry: str | None = field(default=None, metadata=PATH)
     eval: list[str] = field(default_factory=list)
     extra_rewards: list[str] = field(default_factory=list)
 
@@ -50,32 +50,64 @@ class DataSpec:
 class LauncherConfig:
     """How launched stages (generate, propose, judge, train, eval) start.
 
-    nproc_per_node: processes per node; 1 with no other setting runs ``python -m srum``
-        directly, more runs ``torchrun --standalone``.
+    nproc_per_node: the GPUs of a node (one process each unless a stage's layout says
+        otherwise); 1 with no other setting runs ``python -m srum`` directly, more runs
+        ``torchrun --standalone``.
     torchrun_args: extra torchrun arguments; giving ``--nnodes``/``--rdzv-*`` replaces
-        ``--standalone`` (multi-node, see TRAIN.md).
+        ``--standalone`` (multi-node, see CLUSTER.md).
     prefix: command put in front, e.g. ``[srun, --nodes=4, --ntasks-per-node=1]``.
     python: interpreter with srum installed (default: the one running the pipeline).
-    env: extra environment variables for every stage."""
+    env: extra environment variables for every stage.
+    dist_timeout_minutes: how long a collective (NCCL/gloo) of any stage waits for the
+        slowest rank (``$SRUM_DIST_TIMEOUT_MINUTES``; a training config's
+        ``parallel.timeout_minutes`` wins for training).
+    rank_logs: every process of a launched stage also writes ``<stage>/logs/rank-N.log``
+        (lines prefixed ``[rank N]``), and torchrun writes each failed worker's
+        traceback to an error file under ``<stage>/logs/torchrun/``."""
 
     nproc_per_node: int = 1
     torchrun_args: list[str] = field(default_factory=list)
     prefix: list[str] = field(default_factory=list)
     python: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    dist_timeout_minutes: float = 120.0
+    rank_logs: bool = True
 
     def __post_init__(self):
         if self.nproc_per_node < 1:
             raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
+        if not self.dist_timeout_minutes > 0:
+            raise ValueError(f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
+
+
+@dataclass
+class Layout:
+    """Where one launched step's processes go. gpus_per_process: GPUs each process spans
+    (its model is spread over them with a device map; the process takes the visible GPUs
+    ``[LOCAL_RANK*g, (LOCAL_RANK+1)*g)``). nproc_per_node: processes per node; null =
+    ``launcher.nproc_per_node // gpus_per_process`` (every GPU busy)."""
+
+    gpus_per_process: int = 1
+    nproc_per_node: int | None = None
+
+    def __post_init__(self):
+        if self.gpus_per_process < 1 or (self.nproc_per_node is not None and self.nproc_per_node < 1):
+            raise ValueError("layout: gpus_per_process and nproc_per_node must be >= 1")
+
+    def processes(self, launcher: LauncherConfig) -> int:
+        """Processes per node of this step."""
+        return self.nproc_per_node or max(1, launcher.nproc_per_node // self.gpus_per_process)
 
 
 @dataclass
 class StageSpec:
     """config: the stage's YAML (fields in TRAIN.md / EVAL.md). overrides: a mapping merged
-    on top of it (nested or dotted keys, as on the command line)."""
+    on top of it (nested or dotted keys, as on the command line). layout: its processes
+    per node and GPUs per process (CLUSTER.md, "Layout")."""
 
-    config: str | None = None
+    config: str | None = field(default=None, metadata=PATH)
     overrides: dict[str, Any] = field(default_factory=dict)
+    layout: Layout = field(default_factory=Layout)
 
 
 @dataclass
@@ -84,7 +116,7 @@ class ExportSpec:
 
     weights: Literal["auto", "ema", "model"] = "auto"
     dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
-    max_shard_gb: float = 5.0
+    max_shard_gb: float | None = None   # None: one ema.safetensors (Bagel's own scripts read only that)
 
 
 @dataclass
@@ -102,6 +134,7 @@ class EvalSpec(StageSpec):
     baseline: bool = True
     every_round: bool = True
     init_tiny_judge: bool = False
+    judge_layout: Layout = field(default_factory=Layout)   # the score step (compbench: the MLLM judge)
 
 
 @dataclass
@@ -151,7 +184,7 @@ class PipelineConfig:
     run (false). keep_stale: outputs invalidated by a changed config or input are moved to
     ``<run_dir>/stale/`` (true) or deleted (false). datasets: registry entries added inline."""
 
-    run_dir: str
+    run_dir: str = field(metadata=PATH)
     model: BaseModelConfig
     data: DataSpec
     rounds: int = 1
@@ -184,6 +217,17 @@ class PipelineConfig:
                              "(eval.config's prompts section); leave data.eval empty")
         if self.eval.init_tiny_judge and self.eval.benchmark != "compbench":
             raise ValueError("eval.init_tiny_judge: only the compbench evaluation has an MLLM judge")
+        if self.train.layout.gpus_per_process != 1:
+            raise ValueError("train.layout.gpus_per_process: training shards with FSDP, one GPU per process")
+        for name in ("generate", "propose", "judge", "train", "eval"):
+            spec = getattr(self, name)
+            layouts = [spec.layout] + ([self.eval.judge_layout] if name == "eval" else [])
+            for layout in layouts:
+                used = layout.processes(self.launcher) * layout.gpus_per_process
+                if used > self.launcher.nproc_per_node and layout.gpus_per_process > 1:
+                    raise ValueError(f"{name} layout: {layout.processes(self.launcher)} process(es) x "
+                                     f"{layout.gpus_per_process} GPUs > launcher.nproc_per_node="
+                                     f"{self.launcher.nproc_per_node} GPUs per node")
 
 
 def _expand(value: Any, run_dir: str) -> Any:

@@ -24,18 +24,24 @@ STOP_GRACE_S = 20.0
 _MULTINODE_FLAGS = ("--nnodes", "--rdzv", "--master", "--node", "--standalone")
 
 
-def srum_command(launcher: LauncherConfig, args: list[str], distributed: bool) -> list[str]:
-    """``python -m srum ARGS``, under torchrun (and the prefix) for distributed stages."""
+def srum_command(launcher: LauncherConfig, args: list[str], distributed: bool, nproc: int | None = None,
+                 log_dir: Path | None = None) -> list[str]:
+    """``python -m srum ARGS``, under torchrun (and the prefix) for distributed stages.
+    ``nproc``: processes per node of this step (default ``launcher.nproc_per_node``);
+    ``log_dir``: torchrun writes each worker's error file (its traceback) below it."""
     python = launcher.python or sys.executable
     if not distributed:
         return [python, "-m", "srum", *args]
+    nproc = launcher.nproc_per_node if nproc is None else nproc
     torchrun = list(launcher.torchrun_args)
-    single = launcher.nproc_per_node == 1 and not torchrun and not launcher.prefix
+    single = nproc == 1 and not torchrun and not launcher.prefix
     if single:
         return [python, "-m", "srum", *args]
     if not any(a.startswith(_MULTINODE_FLAGS) for a in torchrun):
         torchrun = ["--standalone", *torchrun]
-    return [*launcher.prefix, python, "-m", "torch.distributed.run", f"--nproc_per_node={launcher.nproc_per_node}",
+    if log_dir is not None:
+        torchrun.append(f"--log-dir={log_dir}")
+    return [*launcher.prefix, python, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
             *torchrun, "-m", "srum", *args]
 
 
@@ -76,6 +82,15 @@ def end_process_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> 
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def stage_env(launcher: LauncherConfig, stage_dir: Path | None) -> dict[str, str]:
+    """The environment a launched stage gets on top of the pipeline's: the collective
+    timeout, per-rank logs in ``<stage_dir>/logs/`` and ``launcher.env``."""
+    env = {"SRUM_DIST_TIMEOUT_MINUTES": f"{launcher.dist_timeout_minutes:g}"}
+    if launcher.rank_logs and stage_dir is not None:
+        env["SRUM_RANK_LOG_DIR"] = str(Path(stage_dir).absolute() / "logs")
+    return {**env, **launcher.env}
 
 
 def run_logged(command: list[str], log_path: Path, env: dict[str, str], cwd: str | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Callable
 
 import yaml
 
-from ..config import ConfigError, build, merge, read_yaml, to_dict
+from ..config import ConfigError, build, config_root, merge, read_yaml, resolve_paths, to_dict
 from ..fileio import atomic_write_text
 from ..locking import DirectoryLock
+from ..preflight import Preflight
 from . import state
-from .config import PipelineConfig
-from .launch import run_logged, srum_command
+from ..stages.status import clear_status, read_status, worst
+from .config import Layout, PipelineConfig
+from .launch import run_logged, srum_command, stage_env
 
 
 class PipelineError(RuntimeError):
@@ -43,6 +46,11 @@ class StagePlan:
     outputs: list[str]              # files (relative to dir) that a finished stage leaves
     run: Callable[["StagePlan"], int] = field(repr=False)
     label: str = ""
+    # folders (relative to dir) where the stage's commands write status.json; None: a
+    # plain in-pipeline step whose return code is its status (export, report)
+    status_dirs: list[str] | None = None
+    commands: list[list[str]] = field(default_factory=list)   # what run() launches (dry run, preflight)
+    gpus: list[int] = field(default_factory=list)              # GPUs per node of each command
 
 
 def _nest(overrides: dict) -> dict:
@@ -70,6 +78,7 @@ class Pipeline:
         self.cfg = cfg
         self.config_path = config_path
         self.dry_run = dry_run   # print what would run and why; write nothing
+        self.preflight = Preflight() if dry_run else None   # what a dry run found missing
         self.run_dir = Path(cfg.run_dir)
         self.timing: list[dict] = []
         from ..data.registry import load_registry, registry_from_dict
@@ -82,16 +91,34 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _stage_yaml(self, name: str) -> dict:
+        """The stage's YAML with its overrides. Relative paths in the stage YAML are taken
+        from that file's config root, those in ``overrides`` from the pipeline file's."""
         spec = getattr(self.cfg, name)
+        cls = self._stage_class(name)
+        root = config_root(self.config_path) if self.config_path else Path.cwd()
         try:
-            return merge(read_yaml(spec.config), _nest(spec.overrides))
+            return merge(resolve_paths(cls, read_yaml(spec.config), config_root(spec.config)),
+                         resolve_paths(cls, _nest(spec.overrides), root))
         except ConfigError as err:
             raise ConfigError(f"{name}.config: {err}") from None
 
+    def _stage_class(self, name: str):
+        if name == "eval":
+            return eval_config_class(self.cfg.eval.benchmark)
+        from ..stages.generate import GenerateConfig
+        from ..stages.judge import JudgeStageConfig
+        from ..stages.propose import ProposeStageConfig
+        from ..training.config import TrainConfig
+        return {"generate": GenerateConfig, "propose": ProposeStageConfig, "judge": JudgeStageConfig,
+                "train": TrainConfig}[name]
+
     def _checked(self, cls, data: dict, name: str) -> dict:
-        """Build the stage's dataclass now, so a bad field fails before any stage runs."""
+        """Build the stage's dataclass now, so a bad field fails before any stage runs.
+        Paths still relative (command-line overrides) are made absolute from the current
+        directory: the stage reads its config from its own folder, where they would
+        mean something else."""
         try:
-            return to_dict(build(cls, data))
+            return to_dict(build(cls, resolve_paths(cls, data, Path.cwd())))
         except ConfigError as err:
             raise ConfigError(f"{self.config_path or 'pipeline'}: {name} stage ({getattr(self.cfg, name).config}): "
                               f"{err}") from None
@@ -110,10 +137,14 @@ class Pipeline:
     def _datasets(self, names: list[str], kind: str) -> tuple[list[str], dict]:
         files, selection = [], {}
         for name in names:
+            if self.preflight is not None and name not in self.registry:
+                self.preflight.problem(f"dataset {name!r}: not in the registry {self.registry.source}")
+                files.append(f"<dataset {name}>")
+                continue
             ds = self.registry.get(name)
             if ds.kind != kind:
                 raise ConfigError(f"dataset {name!r} is of kind {ds.kind!r}, expected {kind!r}")
-            files += [str(p) for p in self.registry.resolve(name, self.run_dir)]
+            files += [str(p) for p in self._resolve(name)]
             for key in ("categories", "limit_per_category"):
                 value = getattr(ds, key)
                 if value is not None:
@@ -123,12 +154,46 @@ class Pipeline:
                     selection[key] = value
         return files, selection
 
-    def _launched(self, command: str, *extra: str) -> Callable[[StagePlan], int]:
+    def _command(self, plan_dir: Path, command: str, layout: Layout | None) -> list[str]:
+        args = command.split() + ["--config", str(plan_dir / "config.yaml")]
+        launcher = self.cfg.launcher
+        if layout is None:   # a step that needs one process (e.g. summarize)
+            return srum_command(launcher, args, distributed=False)
+        log_dir = plan_dir / "logs" / "torchrun" if launcher.rank_logs else None
+        return srum_command(launcher, args, distributed=True, nproc=layout.processes(launcher), log_dir=log_dir)
+
+    def _resolve(self, name: str) -> list[Path]:
+        """A dataset's files; a dry run lists the missing ones as problems instead of stopping."""
+        if self.preflight is None:
+            return self.registry.resolve(name, self.run_dir)
+        found = self.registry.resolve(name, self.run_dir, must_exist=False)
+        for p in found:
+            self.preflight.file(f"dataset {name!r}", p, "see `srum datasets check` and the README, \"On a GPU cluster\"")
+        if not found:
+            self.preflight.problem(f"dataset {name!r}: its pattern matches no file")
+            return [Path(f"<dataset {name}>")]
+        return found
+
+    def _launched_steps(self, steps: list[tuple[str, Layout | None]],
+                        status_dirs: list[str | None]) -> Callable[[StagePlan], int]:
+        """Run the commands one after the other (each with its own layout) into the stage's
+        log; stops at the first that failed (its status, or its code when it writes none)."""
         def run(plan: StagePlan) -> int:
-            args = command.split() + ["--config", str(plan.dir / "config.yaml"), *extra]
-            cmd = srum_command(self.cfg.launcher, args, distributed=True)
-            return run_logged(cmd, plan.dir / "stage.log", self.cfg.launcher.env)
+            code = 0
+            for (command, layout), sub in zip(steps, status_dirs):
+                cmd = self._command(plan.dir, command, layout)
+                code = run_logged(cmd, plan.dir / "stage.log", stage_env(self.cfg.launcher, plan.dir))
+                record = read_status(plan.dir / sub) if sub is not None else None
+                if (record is None and (sub is not None or code != 0)) or (record or {}).get("status") == "failed":
+                    break
+            return code
         return run
+
+    def _plan_commands(self, plan: StagePlan, steps: list[tuple[str, Layout | None]]) -> StagePlan:
+        plan.commands = [self._command(plan.dir, command, layout) for command, layout in steps]
+        plan.gpus = [layout.processes(self.cfg.launcher) * layout.gpus_per_process if layout else 0
+                     for _, layout in steps]
+        return plan
 
     @staticmethod
     def _run_id(plan: StagePlan) -> str:
@@ -142,6 +207,9 @@ class Pipeline:
         action, why = state.decide(plan.dir, digest, plan.inputs, plan.outputs)
         if self.dry_run:
             print(f"[{plan.label}] would {dict(fresh='run').get(action, action)} ({why})", flush=True)
+            for cmd, gpus in zip(plan.commands, plan.gpus or [0] * len(plan.commands)):
+                print(f"    $ {shlex.join(cmd)}", flush=True)
+                self.preflight.launch(plan.label, cmd, gpus)
             return plan
         if action == "skip":
             print(f"[{plan.label}] done ({why}), skipped", flush=True)
@@ -153,22 +221,25 @@ class Pipeline:
         print(f"[{plan.label}] {'resuming' if action == 'resume' else 'running'} ({why})", flush=True)
         marker = state.begin(plan.dir, plan.name, plan.config, digest, plan.inputs)
         atomic_write_text(plan.dir / "config.yaml", yaml.safe_dump(plan.config, sort_keys=False))
+        for sub in plan.status_dirs or []:   # an old status never answers for this attempt
+            clear_status(plan.dir / sub)
         t0 = time.time()
         returncode = plan.run(plan)
-        if returncode == 0:
-            status = "complete"
-        elif returncode == 1 and self.cfg.allow_incomplete:
-            status = "incomplete"
-        else:
+        status, reason = stage_status(plan, returncode)
+        if status == "incomplete" and (plan.name == "train" or not self.cfg.allow_incomplete):
+            reason = (f"{reason}; set allow_incomplete: true to go on with the rest" if plan.name != "train"
+                      else reason)
             status = "failed"
+        marker["reason"] = reason
         state.finish(plan.dir, marker, status, returncode)
         seconds = round(time.time() - t0, 1)
         self.timing.append({"stage": plan.label, "action": action, "status": status, "seconds": seconds})
         if status == "failed":
-            hint = ("some items failed (exit 1); set allow_incomplete: true to go on with the rest"
-                    if returncode == 1 else f"exit code {returncode}")
-            raise PipelineError(f"[{plan.label}] failed: {hint}. Log: {plan.dir / 'stage.log'}. "
+            raise PipelineError(f"[{plan.label}] failed: {reason}. Log: {plan.dir / 'stage.log'}"
+                                f"{' (one per rank: ' + str(plan.dir / 'logs') + '/)' if plan.status_dirs else ''}. "
                                 "Run the same command again to resume from here.")
+        if status == "incomplete":
+            print(f"[{plan.label}] incomplete: {reason}", flush=True)
         missing = [o for o in plan.outputs if not (plan.dir / o).exists()]
         if missing:
             raise PipelineError(f"[{plan.label}] finished but did not write {', '.join(missing)} "
@@ -185,9 +256,9 @@ class Pipeline:
         data = merge(data, {"model": {"path": model}, "prompts": files, "out_dir": str(rd / "generate"),
                             "seed": seed, **selection})
         data = self._with_think_prompt(data, "sampling", "generation")
-        plan = StagePlan("generate", rd / "generate", self._checked(GenerateConfig, data, "generate"), model_inputs,
-                         ["manifest.jsonl", "summary.json"], self._launched("generate"))
-        return self.execute(plan)
+        data = merge(data, {"model": {"gpus_per_process": self.cfg.generate.layout.gpus_per_process}})
+        return self._launch_plan("generate", rd / "generate", self._checked(GenerateConfig, data, "generate"),
+                                 model_inputs, ["manifest.jsonl", "summary.json"])
 
     def propose(self, rd: Path, model: str, generate: StagePlan) -> StagePlan:
         from ..stages.propose import ProposeStageConfig
@@ -195,23 +266,28 @@ class Pipeline:
                                                    "out_dir": str(rd / "propose")})
         grounding = ((data.get("proposals") or {}).get("grounding") or {}).get("enabled", True)
         if grounding:
-            data = merge(data, {"model": {"path": model}})
-        plan = StagePlan("propose", rd / "propose", self._checked(ProposeStageConfig, data, "propose"),
-                         {generate.label: self._run_id(generate)}, ["regions.jsonl", "summary.json"],
-                         self._launched("propose"))
-        return self.execute(plan)
+            data = merge(data, {"model": {"path": model,
+                                          "gpus_per_process": self.cfg.propose.layout.gpus_per_process}})
+        config = self._checked(ProposeStageConfig, data, "propose")
+        sam = config["proposals"]["sam"]
+        if self.preflight is not None and config["proposals"]["backend"] == "sam" and sam["model_type"] != "tiny":
+            self.preflight.file("propose: SAM checkpoint (proposals.sam.checkpoint)", sam["checkpoint"] or "<unset>",
+                                "download sam_vit_h_4b8939.pth from the segment-anything release (2.4 GB)")
+        return self._launch_plan("propose", rd / "propose", config,
+                                 {generate.label: self._run_id(generate)}, ["regions.jsonl", "summary.json"])
 
     def judge(self, rd: Path, model: str, propose: StagePlan) -> StagePlan:
         from ..stages.judge import JudgeStageConfig
         data = merge(self._stage_yaml("judge"), {"regions": str(propose.dir / "regions.jsonl"),
                                                  "out_dir": str(rd / "judge")})
         if ((data.get("judge") or {}).get("backend") or "self") == "self":
-            data = merge(data, {"model": {"path": model}})
+            data = merge(data, {"model": {"path": model, "gpus_per_process": self.cfg.judge.layout.gpus_per_process}})
             data = self._with_think_prompt(data, "judge", "understanding")
-        plan = StagePlan("judge", rd / "judge", self._checked(JudgeStageConfig, data, "judge"),
-                         {propose.label: self._run_id(propose)}, ["rewards.jsonl", "summary.json"],
-                         self._launched("judge"))
-        return self.execute(plan)
+        config = self._checked(JudgeStageConfig, data, "judge")
+        if self.preflight is not None and config["judge"]["backend"] != "self" and config["judge"]["judge_model"]:
+            self.preflight.model("judge: judge.judge_model", config["judge"]["judge_model"], kind="judge")
+        return self._launch_plan("judge", rd / "judge", config,
+                                 {propose.label: self._run_id(propose)}, ["rewards.jsonl", "summary.json"])
 
     def train(self, rd: Path, model: str, judge: StagePlan) -> StagePlan:
         from ..training.config import TrainConfig
@@ -222,21 +298,26 @@ class Pipeline:
         data = merge(data, {"data": {"rewards": [str(judge.dir / "rewards.jsonl"), *extra]}})
         config = self._checked(TrainConfig, data, "train")
         inputs = {judge.label: self._run_id(judge), **{f"rewards:{p}": _file_stamp(Path(p)) for p in extra}}
-        plan = StagePlan("train", rd / "train", config, inputs, ["checkpoints/latest", "metrics.jsonl"],
-                         self._launched("train"))
-        return self.execute(plan)
+        return self._launch_plan("train", rd / "train", config, inputs, ["checkpoints/latest", "metrics.jsonl"])
 
     def export(self, rd: Path, model: str, train: StagePlan) -> StagePlan:
         spec = self.cfg.export
         config = {"checkpoint": str(train.dir), "base": model, "out": str(rd / "export"), **to_dict(spec)}
 
-        def run(plan: StagePlan) -> int:
+        def export_args() -> list[str]:
             args = ["export", "checkpoint", config["checkpoint"], "--base", model, "--out", config["out"],
-                    "--weights", spec.weights, "--dtype", spec.dtype, "--max-shard-gb", str(spec.max_shard_gb)]
+                    "--weights", spec.weights, "--dtype", spec.dtype]
+            if spec.max_shard_gb is not None:   # null: one ema.safetensors (what Bagel's own scripts open)
+                args += ["--max-shard-gb", str(spec.max_shard_gb)]
+            return args
+
+        def run(plan: StagePlan) -> int:
             log = plan.dir.parent / "export.log"   # not inside: the export folder is a model directory
-            return run_logged(srum_command(self.cfg.launcher, args, distributed=False), log, self.cfg.launcher.env)
+            return run_logged(srum_command(self.cfg.launcher, export_args(), distributed=False), log,
+                              self.cfg.launcher.env)
         plan = StagePlan("export", rd / "export", config, {train.label: self._run_id(train)},
-                         ["srum_export.json", "llm_config.json"], run)
+                         ["srum_export.json", "llm_config.json"], run,
+                         commands=[srum_command(self.cfg.launcher, export_args(), distributed=False)], gpus=[0])
         return self.execute(plan)
 
     def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
@@ -246,9 +327,35 @@ class Pipeline:
         if self.cfg.data.eval:   # compbench only (checked with the config)
             files, selection = self._datasets(self.cfg.data.eval, "prompts")
             data = merge(data, {"prompts": files, **selection})
-        plan = StagePlan("eval", out, self._checked(eval_config_class(benchmark), data, "eval"), model_inputs,
-                         ["summary/summary.json", "summary/summary.md"], self._launched(f"eval {benchmark} all"))
-        return self.execute(plan)
+        spec = self.cfg.eval
+        if benchmark == "compbench":
+            # generation and the judge each get their own layout: a 72B judge spans several
+            # GPUs per process, so it runs with fewer processes than the generator
+            data = merge(data, {"model": {"gpus_per_process": spec.layout.gpus_per_process},
+                                "judge": {"gpus_per_process": spec.judge_layout.gpus_per_process}})
+            steps = [("eval compbench generate", spec.layout), ("eval compbench score", spec.judge_layout),
+                     ("eval compbench summarize", None)]
+            step_status = ["images", "scores", None]
+        else:
+            steps, step_status = [(f"eval {benchmark} all", spec.layout)], ["scores"]
+        config = self._checked(eval_config_class(benchmark), data, "eval")
+        if self.preflight is not None and benchmark == "compbench":
+            if not spec.init_tiny_judge:
+                self.preflight.model("eval: judge.model", config["judge"]["model"], kind="judge",
+                                     gpus_per_process=spec.judge_layout.gpus_per_process)
+            if not self.cfg.data.eval:
+                for prompts in config["prompts"]:
+                    self.preflight.file("eval: prompts", prompts)
+        plan = StagePlan("eval", out, config, model_inputs,
+                         ["summary/summary.json", "summary/summary.md"], self._launched_steps(steps, step_status),
+                         status_dirs=["images", "scores"])
+        return self.execute(self._plan_commands(plan, steps))
+
+    def _launch_plan(self, name: str, out: Path, config: dict, inputs: dict, outputs: list[str]) -> StagePlan:
+        """A stage run as one ``srum <name>`` launch with its layout; it writes its status in ``out``."""
+        steps = [(name, getattr(self.cfg, name).layout)]
+        plan = StagePlan(name, out, config, inputs, outputs, self._launched_steps(steps, ["."]), status_dirs=["."])
+        return self.execute(self._plan_commands(plan, steps))
 
     def report(self, rd: Path, round_index: int, generate: StagePlan, judge: StagePlan, train: StagePlan,
                evals: list[tuple[str, StagePlan]]) -> StagePlan:
@@ -289,6 +396,9 @@ class Pipeline:
         started = time.time()
         self.prepare()
         model, model_inputs = cfg.model.path, {"model": cfg.model.path}
+        if self.preflight is not None and not cfg.model.init_tiny:
+            g = min(getattr(cfg, n).layout.gpus_per_process for n in ("generate", "propose", "judge", "eval"))
+            self.preflight.model("model.path (the starting model)", cfg.model.path, gpus_per_process=g)
         evals: list[tuple[str, StagePlan]] = []
         if cfg.eval.enabled and cfg.eval.baseline:
             evals.append(("base", self.evaluate(self.run_dir / "baseline" / "eval", model, model_inputs)))
@@ -307,6 +417,8 @@ class Pipeline:
             if cfg.report.enabled:
                 report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
         if self.dry_run:
+            self.preflight.check_versions()
+            self.preflight.check_gpus()
             return None
         self.write_summary(time.time() - started)
         return report
@@ -330,6 +442,30 @@ class Pipeline:
         atomic_write_text(self.run_dir / "index.html", page)
         for stage in self.timing:
             print(f"  {stage['stage']:<24} {stage['action']:<8} {stage['seconds']:>8.1f}s")
+
+
+def stage_status(plan: StagePlan, returncode: int | None = None) -> tuple[str, str | None]:
+    """(status, reason) of a stage after a run: what its commands wrote in ``status.json``
+    (its worst step's), never torchrun's exit code, which says "1" for a crashed rank and
+    for a few failed items alike. No status written means the stage did not end on its
+    own terms (killed, crashed): failed. Plain steps (export, report) go by their code."""
+    if plan.status_dirs is None:
+        if returncode == 0:
+            return "complete", None
+        return "failed", f"exit code {returncode}"
+    found, reasons = [], []
+    for sub in plan.status_dirs:
+        record = read_status(plan.dir / sub)
+        where = plan.dir / sub
+        if record is None:
+            found.append("failed")
+            reasons.append(f"{where} has no status.json: the stage was killed or crashed before it could write one"
+                           + (f" (exit code {returncode})" if returncode is not None else ""))
+            break
+        found.append(record["status"])
+        if record.get("reason"):
+            reasons.append(f"{where.name if sub != '.' else plan.name}: {record['reason']}")
+    return worst(found), "; ".join(reasons) or None
 
 
 def eval_config_class(benchmark: str):

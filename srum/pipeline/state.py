@@ -29,7 +29,7 @@ MARKER = "stage.json"
 # settings that change how fast a stage runs, not what it writes (beyond float rounding):
 # not part of the hash, so changing one resumes a stage instead of redoing it
 OPERATIONAL_KEYS = frozenset({"batch_size", "retry_errors", "num_workers", "progress", "vae_batch_size",
-                              "compile", "compile_backend"})
+                              "compile", "compile_backend", "gpus_per_process", "timeout_minutes"})
 
 
 def config_hash(config: dict) -> str:

@@ -12,7 +12,7 @@ checkpoint is a ``.pth`` state dict like the real ones (:func:`write_tiny_sam`).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from srum.config import PATH
 from srum.models.bagel import CheckpointError
 from srum.models.bagel.transforms import to_rgb
 
@@ -70,7 +71,7 @@ class SamConfig:
     """
 
     model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
-    checkpoint: str | None = None
+    checkpoint: str | None = field(default=None, metadata=PATH)
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float | None = None

@@ -15,34 +15,54 @@ def _stage_parser(sub, name: str, help_text: str, example: str) -> argparse.Argu
     p.add_argument("--config", default=None, help="YAML config (fields documented in TRAIN.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides applied on top of the config, values parsed as YAML")
+    p.add_argument("--dry-run", action="store_true",
+                   help="preflight: check the model, files, versions and GPUs, print the command; run nothing")
     return p
+
+
+def _dry_run(name: str, cfg) -> int:
+    from srum.preflight import check_stage
+    return check_stage(name, cfg).report()
 
 
 def cmd_generate(args) -> int:
     from srum.config import load_config
     from .generate import GenerateConfig, run_generate
-    summary = run_generate(load_config(GenerateConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(GenerateConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("generate", cfg)
+    return run_stage("generate", lambda: run_generate(cfg))
 
 
 def cmd_propose(args) -> int:
     from srum.config import load_config
     from .propose import ProposeStageConfig, run_propose
-    summary = run_propose(load_config(ProposeStageConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(ProposeStageConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("propose", cfg)
+    return run_stage("propose", lambda: run_propose(cfg))
 
 
 def cmd_judge(args) -> int:
     from srum.config import load_config
     from .judge import JudgeStageConfig, run_judge
-    summary = run_judge(load_config(JudgeStageConfig, args.config, args.overrides))
-    return 0 if summary.get("complete", True) else 1
+    from .status import run_stage
+    cfg = load_config(JudgeStageConfig, args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run("judge", cfg)
+    return run_stage("judge", lambda: run_judge(cfg))
 
 
 def cmd_records(args) -> int:
     from srum import records
-    fn = records.export_reference if args.action == "export-reference" else records.import_reference
-    counts = fn(args.src, args.dst)
+    if args.action == "export-reference":
+        if args.image_root is not None:
+            raise ValueError("--image-root applies to import-reference only")
+        counts = records.export_reference(args.src, args.dst)
+    else:
+        counts = records.import_reference(args.src, args.dst, image_root=args.image_root)
     print(json.dumps(counts))
     return 0
 
@@ -62,4 +82,7 @@ def add_stage_parsers(sub) -> None:
                    help="export-reference: our rewards.jsonl -> reference JSONL; import-reference: the reverse")
     p.add_argument("src", help="input JSONL")
     p.add_argument("dst", help="output JSONL (written atomically)")
+    p.add_argument("--image-root", default=None,
+                   help="import-reference: the folder the rows' image names are relative to (default: the input "
+                        "JSONL's folder), e.g. the image folder of Wayne-King/SRUM_6k_CompBench_Train")
     p.set_defaults(func=cmd_records)

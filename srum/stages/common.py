@@ -9,18 +9,19 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from srum import distributed
-from srum.config import dump_config
+from srum.config import MODEL, dump_config
 from srum.distributed import DistInfo
 
 from srum.fileio import iter_jsonl
 
 from .outdir import take_output_dir
 from .shards import ERROR_KEY, ShardedOutput
+from .status import clear_status, write_status, write_summary_status
 
 
 @dataclass
@@ -31,16 +32,24 @@ class ModelConfig:
     (single-process runs only; under torchrun each process uses cuda:LOCAL_RANK).
     ``weights``: auto (ema.safetensors, else model.safetensors, else a sharded index) or a
     file name. ``compile``: ``torch.compile`` every decoder layer with ``compile_backend``
-    (off by default: it pays off on GPUs over many images, not on a CPU)."""
+    (off by default: it pays off on GPUs over many images, not on a CPU).
+    ``gpus_per_process``: under torchrun, each process spreads its model over this many
+    GPUs, ``[LOCAL_RANK*g, (LOCAL_RANK+1)*g)`` (launch GPUs / g processes per node)."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     device_map: Literal["auto"] | None = None
     weights: str = "auto"
     compile: bool = False
     compile_backend: str = "inductor"
+    gpus_per_process: int = 1
 
     def __post_init__(self):
+        if self.gpus_per_process < 1:
+            raise ValueError(f"gpus_per_process must be >= 1, got {self.gpus_per_process}")
+        if self.device_map is not None and self.gpus_per_process > 1:
+            raise ValueError("choose model.device_map=auto (one process, every GPU) or model.gpus_per_process "
+                             "(torchrun), not both")
         if self.compile:
             from srum.models.bagel.language_model import check_compile_backend
             check_compile_backend(self.compile_backend, "model.compile_backend")
@@ -53,8 +62,16 @@ def load_stage_model(cfg: ModelConfig, info: DistInfo):
         raise ValueError("model.device_map=auto cannot be combined with torchrun (one GPU per process); "
                          "launch a single process to spread one model over several GPUs")
     device = distributed.local_device(info)
-    model = srum.load_model(cfg.path, dtype=cfg.dtype, device=device if cfg.device_map is None else None,
-                            device_map=cfg.device_map, weights=cfg.weights)
+    device_map, max_memory = cfg.device_map, None
+    if cfg.gpus_per_process > 1:
+        import torch
+        gpus = distributed.local_gpus(info, cfg.gpus_per_process)
+        device, device_map = torch.device("cuda", gpus[0]), "auto"
+        torch.cuda.set_device(gpus[0])   # collectives (NCCL) then use this process's own first GPU
+        # room for activations and the CUDA context on each of this process's GPUs
+        max_memory = {g: int(torch.cuda.mem_get_info(g)[0] * 0.85) for g in gpus}
+    model = srum.load_model(cfg.path, dtype=cfg.dtype, device=device if device_map is None else None,
+                            device_map=device_map, weights=cfg.weights, max_memory=max_memory)
     if cfg.compile:
         model.language_model.model.compile_layers(cfg.compile_backend)
     return model
@@ -179,11 +196,13 @@ class ImageStage:
 
     @classmethod
     def open(cls, name: str, manifest: str | os.PathLike, out_dir: str | os.PathLike,
-             manifest_name: str, retryable: Callable[[dict], bool] | None = None) -> ImageStage:
+             manifest_name: str, retryable: Callable[[dict], bool] | None = None,
+             timeout_minutes: float | None = None) -> ImageStage:
         """Join the process group, read ``manifest`` (an unusable row is logged and skipped;
         none usable is an error) and prepare the sharded output ``out_dir/manifest_name``
-        (``retryable``: which result rows ``retry_errors`` redoes, see ShardedOutput)."""
-        info = distributed.init()
+        (``retryable``: which result rows ``retry_errors`` redoes, see ShardedOutput;
+        ``timeout_minutes``: of the process group's collectives)."""
+        info = distributed.init(timeout_minutes)
         items, input_errors = read_image_manifest(manifest)
         log_skipped(info, name, input_errors)
         if not items:
@@ -266,18 +285,32 @@ def _run_locked(name: str, out: ShardedOutput, process_batch: Callable[[list[int
                 input_errors: Sequence[str], started: float) -> dict:
     if out.is_complete() and not retry_errors:
         summary = json.loads(out.summary_path.read_text())
-        log(info, f"srum {name}: {out.out_dir} is complete ({summary['num_ok']} rows, "
-                  f"{summary['num_errors']} errors); nothing to do")
-        return summary
+        if summary.get("num_ok", 0) or not summary.get("num_items"):
+            log(info, f"srum {name}: {out.out_dir} is complete ({summary['num_ok']} rows, "
+                      f"{summary['num_errors']} errors); nothing to do")
+            if info.is_main:
+                summary["status"] = write_summary_status(out.out_dir, summary)["status"]
+            return summary
+        # every item failed last time: nothing was produced, so a rerun redoes them all
+        # (the cause was most likely fixed in between)
+        log(info, f"srum {name}: every item of {out.out_dir} failed last time; redoing them")
+        retry_errors = True
     if info.is_main:
         out.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, out.out_dir / "config.yaml")
+        clear_status(out.out_dir)   # an earlier run's status must not outlive a crash of this one
     done = out.done_keys(retry_errors)
     batches = out.my_batches(done, batch_size)
     log(info, f"srum {name}: {len(out.keys)} items, {len(out.keys) - len(done)} to do over "
               f"{info.world_size} process(es)")
-    if batches:
-        _process_batches(name, out, process_batch, batches, info)
+    try:
+        if batches:
+            _process_batches(name, out, process_batch, batches, info)
+    except Exception as err:
+        # not an item's failure (those are rows): the stage stops here, once, and a rerun
+        # with the cause fixed goes on from the rows already written
+        write_status(out.out_dir, "failed", f"rank {info.rank}: {type(err).__name__}: {err}", rank=info.rank)
+        raise
     distributed.barrier()
     summary = {}
     if info.is_main:
@@ -320,4 +353,8 @@ def _merge_and_report(name: str, out: ShardedOutput, info: DistInfo, input_error
               f" -> {out.manifest_path}")
     for err in result.errors[:20]:
         log(info, f"srum {name}: failed {err.get(out.key_field)}: {err[ERROR_KEY]}")
+    record = write_summary_status(out.out_dir, summary)
+    summary["status"] = record["status"]
+    if record["reason"]:
+        log(info, f"srum {name}: {record['status']}: {record['reason']}")
     return summary

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from srum import distributed
-from srum.config import to_dict
+from srum.config import PATH, to_dict
 from srum.data.prompts import PromptItem, read_prompts
 from srum.distributed import DistInfo
 from srum.models.bagel.prompts import read_think_prompt
@@ -70,8 +70,8 @@ class SamplingConfig:
 @dataclass
 class GenerateConfig:
     model: ModelConfig
-    prompts: list[str]                 # prompt files (.json reference / .txt T2I-CompBench / .jsonl)
-    out_dir: str
+    prompts: list[str] = field(metadata=PATH)   # prompt files (.json reference / .txt T2I-CompBench / .jsonl)
+    out_dir: str = field(metadata=PATH)
     categories: list[str] | None = None        # keep only these categories
     limit_per_category: int | None = None      # first N prompts of each category
     num_images_per_prompt: int = 1
@@ -79,6 +79,7 @@ class GenerateConfig:
     batch_size: int = 1                        # prompts per generate call on one process
     retry_errors: bool = False                 # redo items recorded as failed
     fresh: bool = False                        # move earlier outputs of out_dir aside and start over
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self):
@@ -137,7 +138,7 @@ def detailed_prompt(thought: str | None) -> str | None:
 
 
 def run_generate(cfg: GenerateConfig) -> dict:
-    info = distributed.init()
+    info = distributed.init(cfg.timeout_minutes)
     work = PromptJobs.read("generate", info, cfg.prompts, cfg.categories, cfg.limit_per_category,
                            cfg.num_images_per_prompt)
     out_dir = Path(cfg.out_dir)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from srum.fileio import atomic_save_image
 
-from .common import error_row
+from .status import StageFailure
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,18 @@ def image_batch_processor(model: Callable[[], Any], sampling, keys: Sequence[str
     ``model()`` returns the Bagel (called at the first batch: see
     :func:`~srum.stages.common.lazy_model`); ``sampling.generate_kwargs()`` gives the
     rest of ``generate_image``'s arguments. ``save(i, image)`` writes job ``i``'s picture
-    and returns its file name as the row gives it; ``row(i, drawn)`` builds the row. A batch
-    the model refuses (``ValueError``: bad settings, a prompt it cannot take) becomes one
-    error row per job."""
+    and returns its file name as the row gives it; ``row(i, drawn)`` builds the row. A model
+    that does not load, or settings it refuses (``ValueError``: a height that is no multiple
+    of 16, a NaN guidance scale), stop the stage with a :class:`StageFailure`: they are no
+    item's fault, and error rows would make the corrected rerun skip every item."""
     def process(indices: list[int]) -> list[dict]:
         batch_seeds = [seeds[i] for i in indices]
+        bagel = model()   # a load error propagates: it stops the stage
         try:
-            result = model().generate_image([prompts[i] for i in indices], seed=batch_seeds,
-                                            **sampling.generate_kwargs())
+            result = bagel.generate_image([prompts[i] for i in indices], seed=batch_seeds,
+                                          **sampling.generate_kwargs())
         except ValueError as err:
-            return [error_row("image_id", keys[i], str(err)) for i in indices]
+            raise StageFailure(f"the model refused the sampling settings: {err}") from err
         rows = []
         for j, i in enumerate(indices):
             image = result.images[j]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from srum.config import PATH
 from srum.judge.backends import load_judge_backend
 from srum.judge.scoring import JudgeConfig, judge_images
 from srum.records import SCHEMA, RecordError, mask_problem, validate_record
@@ -27,20 +28,24 @@ from .outdir import result_settings
 
 # what a record depends on (batch sizes count as speed, as in the pipeline's config hash;
 # judge.retries only adds attempts after the same first ones: raising it and
-# retry_errors=true re-asks the judgments that failed)
+# retry_errors=true re-asks the judgments that failed; the openai server's address, key,
+# concurrency, timeouts and re-sends only decide how the same questions reach it)
 RESULT_FIELDS = ("model", "judge", "seed")
-NOT_RESULT_FIELDS = ("judge.batch_size", "judge.device", "judge.device_map", "judge.retries")
+NOT_RESULT_FIELDS = ("judge.batch_size", "judge.device", "judge.device_map", "judge.retries",
+                     *(f"judge.server.{name}" for name in ("base_url", "api_key_env", "concurrency", "timeout_s",
+                                                           "max_retries", "backoff_s", "max_backoff_s")))
 
 
 @dataclass
 class JudgeStageConfig:
-    regions: str                             # regions.jsonl from `srum propose` (or an image manifest)
-    out_dir: str
+    regions: str = field(metadata=PATH)      # regions.jsonl from `srum propose` (or an image manifest)
+    out_dir: str = field(metadata=PATH)
     model: ModelConfig | None = None         # the UMM judging itself (backend "self")
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     seed: int = 0                            # base seed of the sampled retries
     retry_errors: bool = False               # redo unreadable images and records with a failed judgment
     fresh: bool = False                      # move earlier outputs of out_dir aside and start over
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     batch_size: int = 8                      # images per step; logits mode asks their questions together
 
     def __post_init__(self):
@@ -74,12 +79,16 @@ def region_problem(region, width: int, height: int) -> str | None:
 
 def run_judge(cfg: JudgeStageConfig) -> dict:
     stage = ImageStage.open("judge", cfg.regions, cfg.out_dir, manifest_name="rewards.jsonl",
-                            retryable=has_failed_judgment)
+                            retryable=has_failed_judgment, timeout_minutes=cfg.timeout_minutes)
     model = lazy_model(cfg.model if cfg.judge.backend == "self" else None, stage.info)
     backend = functools.cache(lambda: load_judge_backend(cfg.judge, model()))
     out_dir = stage.out.out_dir
     judge_info = {"backend": cfg.judge.backend, "mode": cfg.judge.mode,
-                  "model": cfg.judge.judge_model if cfg.judge.backend != "self" else cfg.model.path}
+                  "model": (cfg.model.path if cfg.judge.backend == "self"
+                            else cfg.judge.server.model or cfg.judge.judge_model if cfg.judge.backend == "openai"
+                            else cfg.judge.judge_model)}
+    if cfg.judge.backend == "openai":
+        judge_info["endpoint"] = cfg.judge.server.base_url
 
     def usable_regions(item: ImageItem, image) -> tuple[list[dict], list[dict]] | str:
         """The row's regions that can be judged (clipped) and those skipped with the reason,

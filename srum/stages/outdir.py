@@ -20,7 +20,7 @@ from srum.run_settings import (REPLACED_PREFIX, differences, move_aside, record_
                                refuse_changes)
 
 # fields of a stage's ``model`` section that change how it runs, not what it produces
-_MODEL_OPERATIONAL = ("device_map", "compile", "compile_backend")
+_MODEL_OPERATIONAL = ("device_map", "compile", "compile_backend", "gpus_per_process")
 
 
 def _say(message: str) -> None:

@@ -21,6 +21,7 @@ import functools
 from dataclasses import dataclass, field
 
 from srum import distributed
+from srum.config import PATH
 from srum.proposals import ProposalConfig, ask_boxes, build_mask_generator, propose_for_image
 
 from .common import ImageItem, ImageStage, ModelConfig, lazy_model, relative_to
@@ -33,12 +34,13 @@ NOT_RESULT_FIELDS = ("proposals.sam.points_per_batch",)
 
 @dataclass
 class ProposeStageConfig:
-    images: str                            # generation manifest (JSONL)
-    out_dir: str
+    images: str = field(metadata=PATH)     # generation manifest (JSONL)
+    out_dir: str = field(metadata=PATH)
     model: ModelConfig | None = None       # the UMM that grounds regions (needed with grounding or backend self)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retry_errors: bool = False             # redo images recorded as failed
     fresh: bool = False                    # move earlier outputs of out_dir aside and start over
+    timeout_minutes: float | None = None       # collectives wait this long (null: $SRUM_DIST_TIMEOUT_MINUTES or 120)
     batch_size: int = 8                    # images per step; backend self asks their boxes in one call
 
     def __post_init__(self):
@@ -52,7 +54,8 @@ class ProposeStageConfig:
 
 
 def run_propose(cfg: ProposeStageConfig) -> dict:
-    stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl")
+    stage = ImageStage.open("propose", cfg.images, cfg.out_dir, manifest_name="regions.jsonl",
+                            timeout_minutes=cfg.timeout_minutes)
     sam = functools.cache(lambda: build_mask_generator(cfg.proposals.sam, distributed.local_device(stage.info))
                           if cfg.proposals.backend == "sam" else None)
     uses_model = cfg.proposals.grounding.enabled or cfg.proposals.backend == "self"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError, load_config
+from ..config import MODEL, PATH, ConfigError, load_config
 from ..models.bagel.language_model import check_compile_backend
 from ..rewards.raster import RewardMapConfig
 
@@ -21,7 +21,7 @@ class ModelConfig:
     """path: checkpoint directory in the BAGEL-7B-MoT layout or a hub repo id.
     weights: which weight file of it to start from ("auto" = ema.safetensors first)."""
 
-    path: str
+    path: str = field(metadata=MODEL)
     weights: Literal["auto", "ema", "model"] = "auto"
 
 
@@ -75,8 +75,8 @@ class DataConfig:
     num_workers: threads that read and transform the next packs' images ahead of time.
     """
 
-    rewards: list[str] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
+    rewards: list[str] = field(default_factory=list, metadata=PATH)
+    samples: list[str] = field(default_factory=list, metadata=PATH)
     max_image_size: int = 1024
     min_image_size: int = 512
     image_stride: int = 16
@@ -211,7 +211,10 @@ class ParallelConfig:
     backward (use_reentrant=False). vae_batch_size: at most this many same-size images
     per VAE encode call (a speed/memory trade; results do not depend on it).
     compile: torch.compile every decoder layer (off by default; worth it on GPU, where
-    the first steps pay the compile time). compile_backend: the torch.compile backend."""
+    the first steps pay the compile time). compile_backend: the torch.compile backend.
+    timeout_minutes: how long a collective waits for the slowest rank (NCCL/gloo); null =
+    ``$SRUM_DIST_TIMEOUT_MINUTES`` or 120. NCCL's own 10 minutes is shorter than a
+    checkpoint save of the 7B recipe (~167 GB) or rank 0 fetching the weights."""
 
     sharding: Literal["full", "hybrid"] = "full"
     shard_size: int | None = None
@@ -221,8 +224,11 @@ class ParallelConfig:
     vae_batch_size: int = 8
     compile: bool = False
     compile_backend: str = "inductor"
+    timeout_minutes: float | None = None
 
     def __post_init__(self):
+        if self.timeout_minutes is not None and not self.timeout_minutes > 0:
+            raise ValueError(f"parallel.timeout_minutes must be > 0, got {self.timeout_minutes}")
         if self.shard_size is not None and self.shard_size < 1:
             raise ValueError(f"parallel.shard_size must be >= 1, got {self.shard_size}")
         if self.vae_batch_size < 1:
@@ -287,7 +293,7 @@ class DebugConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str
+    output_dir: str = field(metadata=PATH)
     model: ModelConfig
     data: DataConfig
     train: TrainLoopConfig

@@ -20,8 +20,8 @@ training images under ``no_grad`` (84M parameters, cheap to replicate).
 """
 from __future__ import annotations
 
+import datetime
 import fnmatch
-
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..distributed import DistInfo, env_info
+from ..distributed import timeout_minutes as resolve_timeout
 from ..models.bagel.autoencoder import AutoEncoder
 from ..models.bagel.checkpoint import (AE_WEIGHTS, SINCOS_TABLES, WeightFiles, find_weights, read_config,
                                        resolve_model_dir)
@@ -56,19 +57,21 @@ LLM_PREFIX = "language_model."
 LM_HEAD = ("language_model.lm_head.",)
 
 
-def init_process_group() -> DistInfo:
+def init_process_group(timeout_minutes: float | None = None) -> DistInfo:
     """Start the process group: torchrun's when launched by it, otherwise a
-    one-process group (FSDP2 needs a mesh even on one device)."""
+    one-process group (FSDP2 needs a mesh even on one device). ``timeout_minutes``:
+    ``parallel.timeout_minutes`` (see :func:`srum.distributed.timeout_minutes`)."""
     info = env_info()
     if dist.is_initialized():
         return info
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
+    timeout = datetime.timedelta(minutes=resolve_timeout(timeout_minutes))
     if info.world_size > 1 or "MASTER_ADDR" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     else:
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return info
 
 
@@ -249,4 +252,6 @@ def build_training_model(model_path: str, weights: str, freeze_cfg: FreezeConfig
     model.reset_position_tables()
     model.tokenizer, model.special_tokens = tokenizer, special
     vae = _load_vae(config, ae_files, device, dtype)
+    from srum.models.bagel.attention import log_attention_backend
+    log_attention_backend(str(device), dtype)
     return TrainingModel(model, vae, tokenizer, special, config, Path(model_dir), mesh, dtype, trainable)

@@ -332,7 +332,7 @@ def _take_output_dir(cfg: TrainConfig, out: Path, world: int) -> tuple[Directory
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a training run; returns a summary dict. Collective: every rank calls it."""
-    info = init_process_group()
+    info = init_process_group(cfg.parallel.timeout_minutes)
     _setup_logging(info)
     world = dist.get_world_size()
     out = Path(cfg.output_dir)

@@ -32,11 +32,19 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from .masks import SegmentPlan
 
+FLASH_IMPORT_ERROR: str | None = None   # why flash-attn is unusable here (None: imported, or not installed)
 try:  # optional dependency; never required
     from flash_attn import flash_attn_varlen_func as _flash_varlen
     from flash_attn import flash_attn_with_kvcache as _flash_kvcache
-except ImportError:  # pragma: no cover - depends on the machine
+except ModuleNotFoundError as _err:  # pragma: no cover - depends on the machine
     _flash_varlen = _flash_kvcache = None
+    if _err.name not in ("flash_attn", None):   # installed, but something it needs is missing
+        FLASH_IMPORT_ERROR = f"{type(_err).__name__}: {_err}"
+except Exception as _err:  # noqa: BLE001 - a build for another torch/CUDA fails in many ways
+    # (undefined symbols: OSError/ImportError; ABI checks: RuntimeError ...): fall back to
+    # SDPA, but say why, instead of a silently slower run
+    _flash_varlen = _flash_kvcache = None
+    FLASH_IMPORT_ERROR = f"{type(_err).__name__}: {_err}"
 
 
 def use_flash(x: torch.Tensor) -> bool:
@@ -44,6 +52,34 @@ def use_flash(x: torch.Tensor) -> bool:
     if _flash_varlen is None or not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
         return False
     return os.environ.get("SRUM_ATTN_BACKEND", "auto").lower() != "sdpa"
+
+
+def attention_backend(device: torch.device | str, dtype: torch.dtype) -> str:
+    """Which backend serves a model on ``device`` in ``dtype``, and why (one line for the
+    start-up log)."""
+    device = torch.device(device)
+    if _flash_varlen is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        if os.environ.get("SRUM_ATTN_BACKEND", "auto").lower() == "sdpa":
+            return "sdpa (SRUM_ATTN_BACKEND=sdpa; flash-attn is installed)"
+        import flash_attn
+        return f"flash-attn {getattr(flash_attn, '__version__', '?')}"
+    if FLASH_IMPORT_ERROR is not None:
+        return f"sdpa (flash-attn is installed but BROKEN, so it is not used: {FLASH_IMPORT_ERROR})"
+    if device.type != "cuda":
+        return f"sdpa ({device.type})"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"sdpa ({str(dtype).replace('torch.', '')}: flash-attn needs bf16/fp16)"
+    return "sdpa (flash-attn not installed: pip install flash-attn --no-build-isolation)"
+
+
+@functools.cache
+def log_attention_backend(device: str, dtype: torch.dtype) -> None:
+    """Print the backend once per process, device and dtype (stderr; local rank 0 only, so
+    eight ranks of a node print it once)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        import sys
+        print(f"srum: attention backend on {device} ({str(dtype).replace('torch.', '')}): "
+              f"{attention_backend(device, dtype)}", file=sys.stderr, flush=True)
 
 
 def _cu(lengths: torch.Tensor) -> torch.Tensor:

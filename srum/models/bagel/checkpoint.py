@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .attention import log_attention_backend
 from .autoencoder import AutoEncoderParams
 from .config import BagelConfig, CheckpointError, LanguageModelConfig, VisionConfig, square_side
 from .layers import sincos_table_2d
@@ -211,11 +212,11 @@ def resolve_model_dir(path_or_repo_id: str | os.PathLike, revision: str | None =
     text = str(path_or_repo_id)
     if os.path.exists(text) or text.count("/") != 1 or text.startswith((".", "/", "~")):
         raise CheckpointError(f"{text}: not a checkpoint directory (and not a hub repo id of the form owner/name)")
-    from huggingface_hub import snapshot_download
+    from srum.hub import snapshot
     main_weights = "model*.safetensors" if weights == "model" else "ema*.safetensors"
     patterns = ["*.json", "*.txt", AE_WEIGHTS, main_weights]
     try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+        return snapshot(text, revision=revision, allow_patterns=patterns)   # local rank 0 fetches, the rest wait
     except Exception as err:  # hub errors (offline, not found, auth) all end here
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set: only the local cache was searched)" if offline else ""
@@ -266,6 +267,7 @@ def load_model(path_or_repo_id: str | os.PathLike, dtype: torch.dtype | str | No
     load_state_into(model, weight_files, ae_files, dtype, device, device_map)
     model.tokenizer, model.special_tokens = tokenizer, special
     model.checkpoint_dir = model_dir
+    log_attention_backend(str(device) if device_map is None else "cuda (device_map)", dtype)
     return model.eval().requires_grad_(False)
 
 
