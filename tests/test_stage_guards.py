@@ -255,7 +255,12 @@ def test_rank_0_failing_alone_gives_one_line_on_the_others(tiny_dir, tmp_path):
     assert run.returncode != 0
     assert f"cannot write {out / 'summary.json'}" in run.stderr  # the failing write names its file
     assert "srum generate: rank 1: stopped because another rank failed (its error is above)" in run.stderr
-    assert "/srum/" not in run.stderr and "gloo" not in run.stderr  # no worker traceback (torchrun prints its own)
+    # no worker prints a traceback; torchrun's failure summary shows the root cause, rank 0,
+    # with the traceback rank 0 put in its error file (record_for_torchrun)
+    workers, _, summary = run.stderr.partition("srum FAILED")
+    assert "/srum/" not in workers and "gloo" not in run.stderr
+    root = summary.partition("Root Cause")[2]
+    assert "rank      : 0" in root and "IsADirectoryError" in root
     # the lock went with the run: a corrected rerun goes ahead
     (out / "summary.json").rmdir()
     again = _torchrun(2, ["generate", f"model.path={tiny_dir}", f"prompts=[{prompts}]", f"out_dir={out}",
