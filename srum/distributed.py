@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
-import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .process import die_with_parent  # noqa: F401  (re-exported: torch-free home)
 
 
 @dataclass(frozen=True)
@@ -141,26 +141,6 @@ def on_main(fn, info: DistInfo, errors: tuple[type[BaseException], ...] = (Value
 
 def _share(box: list) -> None:
     dist.broadcast_object_list(box, src=0)
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel (Linux) to send ``sig`` to this process when its parent ends.
-
-    torchrun starts its workers in sessions of their own, so a killed torchrun (or a
-    killed launcher) would leave them running, still writing the output directory;
-    with this they stop with it. Safe to call in a ``preexec_fn``. No-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent was already gone before the request took effect
-        os.kill(os.getpid(), sig)
 
 
 def die_with_torchrun() -> None:

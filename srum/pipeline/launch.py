@@ -15,7 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..distributed import die_with_parent
+from ..process import die_with_parent
 from .config import LauncherConfig
 
 # how long a stopped stage gets to end on SIGTERM before its process group is killed
