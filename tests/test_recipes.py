@@ -23,7 +23,7 @@ def test_paper_recipe_differs_from_the_reference_recipe_only_in_table_5_values()
     paper = _flat(to_dict(load_config(TrainConfig, REPO / "configs/train/bagel7b_compbench_paper.yaml")))
     differing = {k: (script[k], paper[k]) for k in script if script[k] != paper[k]}
     assert differing == {
-        "output_dir": ("outputs/train-bagel7b-compbench", "outputs/train-bagel7b-compbench-paper"),
+        "output_dir": (str(REPO / "runs/srum/train"), str(REPO / "runs/srum/train-paper")),
         "data.expected_num_tokens": (8192, 36864),
         "data.max_num_tokens": (9216, 40960),          # Table 5: 40k context window
         "loss.timestep_shift": (1.0, 4.0),
