@@ -239,7 +239,8 @@ def test_judge_conversation_retries_and_failures():
     assert judge.calls[0] == (3, False, False) and judge.calls[1] == (3, False, True)
 
     # an image whose section never parses fails as a whole; the others are untouched
-    judge = ScriptedJudge(lambda prompt, history, sampled: "no idea" if "element 1 drawn right? [0]" in prompt else None)
+    judge = ScriptedJudge(lambda prompt, history, sampled: "no idea" if "element 1 drawn right? [0]" in prompt
+                          else None)
     results = score_reasonbench_images(judge, images, sections, cfg, gens)
     assert [r["status"] for r in results] == ["ok", "failed", "ok"]
     assert len(results[1]["attempts"]["entity_evaluation"]) == cfg.retries + 1
@@ -353,7 +354,8 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
         if image_id != unparseable:
             name, bid = image_id.rsplit("_", 1)
             acc, qual = expected_scores(name, int(bid))
-            assert row["status"] == "ok" and row["score"] == pytest.approx(acc) and row["quality"] == pytest.approx(qual)
+            assert row["status"] == "ok"
+            assert row["score"] == pytest.approx(acc) and row["quality"] == pytest.approx(qual)
     entity = [expected_scores("entity", b) for b in (1, 2)]
     assert result["categories"]["entity"]["mean"] == pytest.approx((entity[0][0] + entity[1][0]) / 2)
     assert result["categories"]["entity"]["quality"] == pytest.approx((entity[0][1] + entity[1][1]) / 2)
@@ -371,3 +373,14 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     assert out["paper"]["rows"]["Bagel+SRUM"]["overall"] == 46.75
     text = (tmp_path / "compare" / "compare.md").read_text()
     assert "| Bagel | 49.70 | 34.46 | 47.52 | 43.59 | 43.82 | n/a |" in text
+
+
+def test_tiny_qwen_judge_renders_the_earlier_turns(tiny_judge_dir):
+    from srum.judge.backends import QwenVLJudge
+    judge = QwenVLJudge(tiny_judge_dir, dtype="float32", device="cpu")
+    text = judge._chat_text(1, "Score it.", None, [(DESCRIBE_QUESTION, "A red cube.")])
+    assert text.count("<|vision_start|>") == 1 and text.index("<|vision_start|>") < text.index(DESCRIBE_QUESTION)
+    assert "<|im_start|>assistant\nA red cube.<|im_end|>" in text
+    assert text.rstrip().endswith("<|im_start|>assistant") and text.index("A red cube.") < text.index("Score it.")
+    with pytest.raises(ValueError, match="history"):
+        judge.generate([[Image.new("RGB", (28, 28))]], ["Q"], history=[], max_new_tokens=2)

@@ -169,8 +169,8 @@ def cmd_geneval_images(args) -> int:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench and T2I-ReasonBench (MLLM judge), miniature world, "
-                                           "GenEval images",
+    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench and T2I-ReasonBench (MLLM judge), "
+                                           "miniature world, GenEval images",
                               description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="eval_command", required=True)
 

@@ -92,7 +92,8 @@ TABLE_HEADERS = {**{d.name: d.header for d in DIMENSIONS.values()}, "overall": "
 TABLE_NOTE = ("Reasoning accuracy (0-100) per dimension; Overall: mean of the 4 dimensions' accuracies (the SRUM "
               "paper's Table 4); Quality: mean of the 4 dimensions' image-quality scores.")
 PAPER = "SRUM paper (arXiv 2510.12784), Table 4, Qwen2.5-VL judge, no CoT"
-PAPER_ROWS = {label: dict(zip(("entity", "idiom", "scientific", "textual_image", "overall"), values)) for label, values in {
+_PAPER_COLUMNS = ("entity", "idiom", "scientific", "textual_image", "overall")
+PAPER_ROWS = {label: dict(zip(_PAPER_COLUMNS, values)) for label, values in {
     "Bagel": (49.70, 34.46, 47.52, 43.59, 43.82),
     "Bagel+SFT": (50.53, 39.43, 47.45, 44.08, 45.37),
     "Bagel+SRUM": (52.85, 40.51, 47.83, 45.83, 46.75),
@@ -333,6 +334,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
 
     from .scoring import load_judge
 
+    cfg.question_dir()   # a missing question folder stops here, before any image is judged
     stage = ImageStage.open("eval t2i-reasonbench score", manifest, out_dir, manifest_name=SCORES_FILE,
                             retryable=failed_judgment, timeout_minutes=cfg.timeout_minutes)
     judge = (lambda: backend) if backend is not None else functools.cache(lambda: load_judge(cfg.judge, stage.info))
@@ -347,7 +349,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
                     raise ValueError(f"{item.source}: dimension {dimension!r} is not one of {list(DIMENSIONS)}")
                 bid = _benchmark_id(item)
                 todo.append((j, dimension, bid, question_entry(cfg, dimension, bid)))
-            except (ValueError, FileNotFoundError) as err:
+            except ValueError as err:   # this image's row or entry; a missing file stops the stage
                 rows[j] = error_row("image_id", item.image_id, str(err))
         if todo:
             generators = [torch.Generator().manual_seed(image_seed(cfg.seed, items[j].image_id, 0)) for j, *_ in todo]
