@@ -22,7 +22,7 @@ from srum.evaluation.reasonbench import (
 from srum.evaluation.reasonbench_judge import (
     DESCRIBE_QUESTION, ParseError, parse_section_scores, question_keys, score_reasonbench_images,
 )
-from srum.evaluation.summary import compare_runs
+from srum.evaluation.summary import compare_runs, read_scores
 from srum.judge.openai_backend import chat_messages
 from srum.judge.tiny_qwen_vl import write_tiny_qwen_vl
 from srum.stages.generate import image_seed
@@ -363,8 +363,21 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     assert result["categories"]["textual_image"]["num_failed"] == 1
     assert result["overall"] is None and result["missing_categories"] == ["textual_image"]
     assert (result["num_scored"], result["num_failed"], result["num_errors"]) == (4, 1, 1)
+    table = read_scores(run2.summary / "results.csv")   # results.csv: accuracy and quality per image
+    assert {r["image_id"]: (r["status"], r["quality"]) for r in table}[unparseable] == ("failed", "")
+    assert float({r["image_id"]: r for r in table}["entity_0001"]["quality"]) == pytest.approx(entity[0][1])
+
+    # retry_errors asks exactly the failed judgment again; a judge that now answers fixes it
+    fixed = ScriptedJudge()
+    retried = run_score(manifest, run2.scores, load_config(ReasonBenchConfig, None, [
+        f"out_dir={run2.root}", f"data_dir={data}", "judge.retries=1", "retry_errors=true"]), backend=fixed)
+    assert fixed.calls[0] == (1, False, False)                    # one image: its description ...
+    assert (retried["num_scored"], retried["num_failed"]) == (5, 0)
+    assert summarize_run(run2.root)["categories"]["textual_image"]["mean"] == pytest.approx(
+        expected_scores("textual_image", 1)[0])
+    summarize_run(run2.root, label="scripted")
     md = (run2.summary / "summary.md").read_text()
-    assert "1 failed judgments excluded" in md and "1 not judged" in md and "43.82" in md
+    assert "0 failed judgments excluded" in md and "1 not judged" in md and "43.82" in md
 
     # compare: ReasonBench columns, deltas, and the paper's rows beside ours
     out = compare_runs([run, run2.root], tmp_path / "compare", ["tiny", "scripted"])

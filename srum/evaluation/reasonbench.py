@@ -91,6 +91,8 @@ TABLE_HEADERS = {**{d.name: d.header for d in DIMENSIONS.values()}, "overall": "
                  "overall_quality": "Quality"}
 TABLE_NOTE = ("Reasoning accuracy (0-100) per dimension; Overall: mean of the 4 dimensions' accuracies (the SRUM "
               "paper's Table 4); Quality: mean of the 4 dimensions' image-quality scores.")
+CSV_FIELDS = ("image_id", "category", "benchmark_id", "prompt_id", "sample_index", "score", "quality", "status",
+              "explanation", "prompt", "image_file")
 PAPER = "SRUM paper (arXiv 2510.12784), Table 4, Qwen2.5-VL judge, no CoT"
 _PAPER_COLUMNS = ("entity", "idiom", "scientific", "textual_image", "overall")
 PAPER_ROWS = {label: dict(zip(_PAPER_COLUMNS, values)) for label, values in {
@@ -429,7 +431,7 @@ def summarize_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
                         "values": table_values(summary), "note": TABLE_NOTE,
                         "paper": {"source": PAPER, "rows": PAPER_ROWS}}
     layout.summary.mkdir(parents=True, exist_ok=True)
-    write_results_csv(rows, layout.summary / "results.csv")
+    write_results_csv(rows, layout.summary / "results.csv", CSV_FIELDS)
     atomic_write_text(layout.summary / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(layout.summary / "summary.md", markdown_summary(summary, title))
     bar_chart({title: table_values(summary)}, TABLE_COLUMNS, layout.summary / "scores.png", title, TABLE_HEADERS)

@@ -178,13 +178,13 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def write_results_csv(rows: Sequence[dict], path: Path) -> None:
+def write_results_csv(rows: Sequence[dict], path: Path, fields: Sequence[str] = CSV_FIELDS) -> None:
     import io
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     atomic_write_text(path, buf.getvalue())
 
 
