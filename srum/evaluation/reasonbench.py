@@ -83,6 +83,7 @@ DIMENSIONS = {d.name: d for d in (
     Dimension("textual_image", "textual_image_design", "evaluation_textual_image", "reason_evaluation", None,
               "Textual"),
 )}
+_FOLDER_DIMENSION = {d.prompt_file: d.name for d in DIMENSIONS.values()}
 QUALITY_SECTION = "quality_evaluation"
 PRIMARY_WEIGHT, DETAILS_WEIGHT = 0.7, 0.3          # entity / scientific accuracy
 QS_DIRS = ("deepseek_evaluation_qs", "evaluation_qs")   # the upstream name, then the short one
@@ -346,6 +347,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
         todo = []
         for j, item in enumerate(items):
             dimension = item.row.get("dimension") or item.category
+            dimension = _FOLDER_DIMENSION.get(dimension, dimension)   # "idiom_interpretation" -> "idiom"
             try:
                 if dimension not in DIMENSIONS:
                     raise ValueError(f"{item.source}: dimension {dimension!r} is not one of {list(DIMENSIONS)}")
