@@ -274,7 +274,8 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     for path in prompts if draws and isinstance(prompts, list) else []:
         pf.file("prompts", path)
     for field_name in ("images", "regions", "metadata"):
-        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith("eval compbench"):
+        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(("eval compbench",
+                                                                                    "eval t2i-reasonbench")):
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam
@@ -286,13 +287,17 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     if name == "train":
         for rewards in cfg.data.rewards:
             pf.file("data.rewards", rewards)
-    if name == "eval compbench" and step in ("score", "all"):
+    judged = name in ("eval compbench", "eval t2i-reasonbench") and step in ("score", "all")
+    if name == "eval t2i-reasonbench":
+        if not (Path(cfg.data_dir).expanduser() / "prompts").is_dir():
+            pf.problem(f"data_dir: {cfg.data_dir} has no prompts/ folder; point it at your copy of T2I-ReasonBench")
+    if judged:
         pf.model("judge.model", cfg.judge.model, kind="judge", gpus_per_process=cfg.judge.gpus_per_process)
         if step == "score":
             pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
                     "run the generate step first, or set images=")
     g = max([getattr(model, "gpus_per_process", 1) if model is not None else 1] +
-            ([cfg.judge.gpus_per_process] if name == "eval compbench" and step in ("score", "all") else []))
+            ([cfg.judge.gpus_per_process] if judged else []))
     pf.launch(name, stage_command(), local * g)
     pf.check_versions()
     pf.check_gpus()

@@ -3,6 +3,8 @@
 
 * ``srum eval compbench STEP [--config FILE] [KEY=VALUE ...]``, STEP one of
   ``generate`` (images), ``score`` (MLLM judge), ``summarize`` (tables, chart) or ``all``;
+* ``srum eval t2i-reasonbench STEP [--config FILE] [KEY=VALUE ...]``: T2I-ReasonBench's
+  prompts (the user's copy), judged against each prompt's question-criterion pairs;
 * ``srum eval miniworld STEP [--config FILE] [KEY=VALUE ...]``: the miniature world's
   held-out prompts, scored by its exact oracle (same steps and run layout);
 * ``srum eval compare RUN ... --out DIR [--labels ...]``: runs side by side with deltas;
@@ -103,6 +105,19 @@ def cmd_compbench(args) -> int:
     return run_stage("eval compbench", lambda: {"status": _STATUS_OF_CODE[run_compbench(args.step, cfg)]})
 
 
+def cmd_reasonbench(args) -> int:
+    from srum.config import load_config
+    from srum.stages.status import run_stage
+
+    from .reasonbench import ReasonBenchConfig, run_reasonbench
+    cfg = load_config(ReasonBenchConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval t2i-reasonbench", cfg, args.step).report()
+    return run_stage("eval t2i-reasonbench",
+                     lambda: {"status": _STATUS_OF_CODE[run_reasonbench(args.step, cfg)]})
+
+
 def cmd_miniworld(args) -> int:
     from srum.config import load_config
     from srum.miniworld.evaluation import MiniWorldEvalConfig, run_miniworld
@@ -154,8 +169,8 @@ def cmd_geneval_images(args) -> int:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench (MLLM judge), miniature world, "
-                                           "GenEval images",
+    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench and T2I-ReasonBench (MLLM judge), "
+                                           "miniature world, GenEval images",
                               description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="eval_command", required=True)
 
@@ -168,6 +183,20 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    "summarize": "per-category means, overall, CSV/JSON/markdown/chart into <out_dir>/summary/",
                    "all": "generate, score and summarize in one go"},
                "srum eval compbench {step} --config configs/eval/compbench.yaml out_dir=runs/eval/bagel", cmd_compbench)
+
+    c = sub.add_parser("t2i-reasonbench", help="T2I-ReasonBench (800 prompts, 4 dimensions): generate, score "
+                                               "against each prompt's criteria with an MLLM judge, summarize",
+                       formatter_class=fmt,
+                       description="Example: srum eval t2i-reasonbench all --config configs/eval/t2i_reasonbench.yaml "
+                                   "model.path=/ckpt/BAGEL-7B-MoT data_dir=/data/T2I-ReasonBench "
+                                   "out_dir=runs/eval/reasonbench/bagel")
+    _add_steps(c, {"generate": "images for the prompts into <out_dir>/images/<dimension>/<id:04d>.png",
+                   "score": "judge every image (reasoning accuracy, image quality) into <out_dir>/scores/scores.jsonl",
+                   "summarize": "per-dimension accuracy and quality, overall, CSV/JSON/markdown/chart into "
+                                "<out_dir>/summary/",
+                   "all": "generate, score and summarize in one go"},
+               "srum eval t2i-reasonbench {step} --config configs/eval/t2i_reasonbench.yaml "
+               "out_dir=runs/eval/reasonbench/bagel", cmd_reasonbench)
 
     c = sub.add_parser("miniworld", help="miniature world: held-out prompts, images, exact oracle, summary",
                        formatter_class=fmt,

@@ -135,14 +135,16 @@ def run_generate_images(cfg: CompBenchConfig) -> dict:
 
 def generate_prompt_images(cfg, work: PromptJobs, info: distributed.DistInfo, *, name: str = "eval generate",
                            model: Callable[[], Any] | None = None, model_name: str | None = None,
-                           extra_fields: Callable[[PromptItem], dict] | None = None) -> dict:
+                           extra_fields: Callable[[PromptItem], dict] | None = None,
+                           image_file: Callable[[int], str] | None = None) -> dict:
     """Draw ``work`` into ``<cfg.out_dir>/images/<category>/<image id>.png`` with its
     manifest (the "generate" step of an evaluation run; shared by ``srum eval compbench``
     and ``srum eval miniworld``). ``cfg``: a config with ``out_dir``, ``model``,
     ``sampling``, ``seed``, ``batch_size``, ``retry_errors`` and ``num_images_per_prompt``.
     ``model``: a loader of anything with Bagel's ``generate_image`` (default: ``cfg.model``,
     loaded at the first batch) and ``model_name`` what rows call it; ``extra_fields(prompt)``:
-    more fields for each row. Returns the stage summary."""
+    more fields for each row; ``image_file(i)``: job ``i``'s file under ``images/`` (default
+    ``<category>/<image id>.png``). Returns the stage summary."""
     folders = {p.category: category_folder(p.category) for p in work.prompts}
     layout = RunLayout(Path(cfg.out_dir))
     out = ShardedOutput(layout.images, work.keys, info)
@@ -162,7 +164,8 @@ def generate_prompt_images(cfg, work: PromptJobs, info: distributed.DistInfo, *,
 
     process = image_batch_processor(
         model or lazy_model(cfg.model, info), cfg.sampling, work.keys, work.texts(), work.seeds(cfg.seed), row=row,
-        save=png_saver(layout.images, lambda i: f"{folders[work.jobs[i][0].category]}/{work.keys[i]}.png"))
+        save=png_saver(layout.images,
+                       image_file or (lambda i: f"{folders[work.jobs[i][0].category]}/{work.keys[i]}.png")))
 
     def summarize(rows: list[dict]) -> dict:
         per_category: dict[str, int] = {}

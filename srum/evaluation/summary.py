@@ -178,13 +178,13 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def write_results_csv(rows: Sequence[dict], path: Path) -> None:
+def write_results_csv(rows: Sequence[dict], path: Path, fields: Sequence[str] = CSV_FIELDS) -> None:
     import io
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     atomic_write_text(path, buf.getvalue())
 
 
@@ -300,7 +300,8 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     overall): then those columns, headers and values are compared. With ``paper`` (the
     default) a T2I-CompBench comparison also lists the SRUM paper's reported rows
     (:mod:`srum.evaluation.paper`; ``paper`` key of the JSON, ``paper`` rows of the CSV, a
-    second table in the Markdown); then a single run is enough."""
+    second table in the Markdown); then a single run is enough. A benchmark's own table may
+    carry its paper rows too (``table["paper"]``: ``source``, ``rows``; e.g. T2I-ReasonBench)."""
     if len(sources) < (1 if paper else 2):
         raise ValueError("compare needs at least two runs (or one, with the paper's rows)")
     if labels is not None and len(labels) != len(sources):
@@ -329,6 +330,8 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     if paper and not own:
         from .paper import PAPER, PAPER_ROWS
         result["paper"] = {"source": PAPER, "rows": PAPER_ROWS}
+    elif paper and own and isinstance(own.get("paper"), dict):   # a benchmark's own reported rows
+        result["paper"] = own["paper"]
     atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
 
     import io
@@ -342,7 +345,8 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
             writer.writerow([run["label"], f"delta vs {labels[0]}",
                              *("" if run["delta"][c] is None else f"{run['delta'][c]:+.4f}" for c in cols), "", ""])
     for label, values in (result.get("paper") or {}).get("rows", {}).items():
-        writer.writerow([f"paper: {label}", "paper", *(f"{values[c]:.2f}" for c in cols), "", ""])
+        writer.writerow([f"paper: {label}", "paper", *("" if values.get(c) is None else f"{values[c]:.2f}"
+                                                       for c in cols), "", ""])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
 
     lines = [f"# {name} comparison (base: {labels[0]})", "",
@@ -363,7 +367,7 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
         lines += ["", f"## Reported in the paper ({result['paper']['source']})", "",
                   "| model | " + " | ".join(headers.get(c, c) for c in cols) + " |",
                   "|---|" + "|".join("---:" for _ in cols) + "|"]
-        lines += [f"| {label} | " + " | ".join(_fmt(values[c]) for c in cols) + " |"
+        lines += [f"| {label} | " + " | ".join(_fmt(values.get(c)) for c in cols) + " |"
                   for label, values in result["paper"]["rows"].items()]
         lines += ["", "Same protocol, our rubric wording: close, not identical, numbers are expected "
                       "(EVAL.md, \"Checking a set-up against the paper\")."]

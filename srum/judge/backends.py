@@ -74,6 +74,18 @@ def _check_rows(images, prompts) -> None:
             raise TypeError("images: expected one list of PIL images per prompt")
 
 
+def _check_history(history, n: int) -> list:
+    """Per-row earlier turns (``generate(history=...)``): None -> no earlier turns."""
+    if history is None:
+        return [()] * n
+    if len(history) != n:
+        raise ValueError(f"history: {len(history)} rows for {n} prompts")
+    for row in history:
+        if not all(isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) for x in t) for t in row):
+            raise TypeError("history: expected one list of (user text, assistant reply) pairs per prompt")
+    return [tuple(tuple(t) for t in row) for row in history]
+
+
 class SelfJudge:
     """The Bagel model judging its own images through ``Bagel.understand`` and
     ``Bagel.choice_probabilities``.
@@ -179,17 +191,22 @@ class QwenVLJudge:
         self._pad_id = pad if pad is not None else self._eos_ids[0]
 
     # ------------------------------------------------------------ inputs
-    def _chat_text(self, n_images: int, prompt: str, system: str | None) -> str:
+    def _chat_text(self, n_images: int, prompt: str, system: str | None, history=()) -> str:
         messages = []
         if system is not None:
             messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
-        messages.append({"role": "user", "content": content})
+        turns = [*history, (prompt, None)]   # the images go with the first user turn
+        for t, (user, reply) in enumerate(turns):
+            content = [{"type": "image"} for _ in range(n_images if t == 0 else 0)] + [{"type": "text", "text": user}]
+            messages.append({"role": "user", "content": content})
+            if reply is not None:
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def _inputs(self, images, prompts, system) -> dict:
+    def _inputs(self, images, prompts, system, history=None) -> dict:
         _check_rows(images, prompts)
-        texts = [self._chat_text(len(row), p, system) for row, p in zip(images, prompts)]
+        history = _check_history(history, len(prompts))
+        texts = [self._chat_text(len(row), p, system, h) for row, p, h in zip(images, prompts, history)]
         flat = [to_rgb(im) for row in images for im in row]
         batch = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
         return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -197,14 +214,16 @@ class QwenVLJudge:
     # ------------------------------------------------------------ API
     @torch.no_grad()
     def generate(self, images, prompts, *, system=None, max_new_tokens=1024, do_sample=False, temperature=0.7,
-                 generator=None) -> list[str]:
+                 generator=None, history=None) -> list[str]:
+        """``history``: per row, earlier ``(user text, assistant reply)`` turns of the same
+        conversation (the row's images go with the first user turn); None: one turn."""
         from transformers import GenerationConfig
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and not temperature > 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        inputs = self._inputs(images, prompts, system)
+        inputs = self._inputs(images, prompts, system, history)
         # every sampling knob is set explicitly: transformers fills unset (None) fields from
         # the checkpoint's generation_config.json
         config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self._eos_ids, pad_token_id=self._pad_id,

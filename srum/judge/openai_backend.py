@@ -79,11 +79,17 @@ def image_part(image: PIL.Image.Image) -> dict:
     return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
 
 
-def chat_messages(images: Sequence[PIL.Image.Image], prompt: str, system: str | None) -> list[dict]:
-    """The chat turns of one question: what QwenVLJudge renders with its chat template."""
+def chat_messages(images: Sequence[PIL.Image.Image], prompt: str, system: str | None, history=()) -> list[dict]:
+    """The chat turns of one question: what QwenVLJudge renders with its chat template
+    (``history``: earlier ``(user text, assistant reply)`` turns; the images go with the
+    first user turn)."""
     messages = [{"role": "system", "content": system}] if system is not None else []
-    content = [image_part(im) for im in images] + [{"type": "text", "text": prompt}]
-    return messages + [{"role": "user", "content": content}]
+    for t, (user, reply) in enumerate([*history, (prompt, None)]):
+        content = ([image_part(im) for im in images] if t == 0 else []) + [{"type": "text", "text": user}]
+        messages.append({"role": "user", "content": content})
+        if reply is not None:
+            messages.append({"role": "assistant", "content": reply})
+    return messages
 
 
 class OpenAIJudge:
@@ -154,9 +160,10 @@ class OpenAIJudge:
 
     # ------------------------------------------------------------ JudgeBackend
     def generate(self, images, prompts, *, system=None, max_new_tokens=1024, do_sample=False, temperature=0.7,
-                 generator=None) -> list[str]:
-        from .backends import _check_rows
+                 generator=None, history=None) -> list[str]:
+        from .backends import _check_history, _check_rows
         _check_rows(images, prompts)
+        history = _check_history(history, len(prompts))
         if do_sample and not temperature > 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         seeds = [None] * len(prompts)
@@ -165,15 +172,15 @@ class OpenAIJudge:
             seeds = [int(s) for s in torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator)]
 
         def ask(row):
-            row_images, prompt, seed = row
+            row_images, prompt, seed, turns = row
             params = dict(max_tokens=max_new_tokens, temperature=float(temperature) if do_sample else 0.0, top_p=1.0)
             if seed is not None:
                 params["seed"] = seed
-            reply = self._create(chat_messages(row_images, prompt, system), **params)
+            reply = self._create(chat_messages(row_images, prompt, system, turns), **params)
             with _malformed(reply):
                 return reply.choices[0].message.content or ""
 
-        return self._map(ask, list(zip(images, prompts, seeds)))
+        return self._map(ask, list(zip(images, prompts, seeds, history)))
 
     def choice_probabilities(self, images, prompts, choices, *, system=None):
         import torch
