@@ -78,3 +78,12 @@ def snapshot(repo_id: str, revision: str | None = None, allow_patterns: list[str
     key = json.dumps([repo_id, revision, allow_patterns])
     return Path(fetch_once_per_node(key, lambda: snapshot_download(repo_id, revision=revision,
                                                                     allow_patterns=allow_patterns)))
+
+
+def local_or_snapshot(model: str) -> str:
+    """``model`` itself when it is a folder or looks like a path; a hub id (``owner/name``
+    that is no folder here) fetched once per node: local rank 0 downloads, the node's other
+    processes wait and read the same cache."""
+    if Path(model).expanduser().exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
+        return model
+    return str(snapshot(model))

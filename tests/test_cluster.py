@@ -187,3 +187,18 @@ def test_pipeline_sbatch_launches_stages_on_every_node(tmp_path):
     assert "launcher.prefix=[srun,--nodes=2,--ntasks-per-node=1,--kill-on-bad-exit=1]" in out
     assert ("launcher.torchrun_args=[--nnodes=2,--rdzv-backend=c10d,--rdzv-endpoint=gpu003:29500,"
             "--rdzv-id=srum-77]") in out
+
+
+def test_external_judge_is_fetched_once_per_node_not_per_rank(tmp_path, monkeypatch):
+    """``srum judge``'s qwen2_5_vl backend resolves a hub id through the once-per-node fetch;
+    a local folder is used as it is."""
+    import srum.hub
+    import srum.judge.backends as backends
+    from srum.judge.scoring import JudgeConfig
+    fetched, built = [], []
+    monkeypatch.setattr(srum.hub, "snapshot", lambda repo, **kw: fetched.append(repo) or tmp_path / "cache")
+    monkeypatch.setattr(backends, "QwenVLJudge", lambda path, **kw: built.append(str(path)))
+    backends.load_judge_backend(JudgeConfig(backend="qwen2_5_vl", judge_model="Qwen/Qwen2.5-VL-72B-Instruct"))
+    assert fetched == ["Qwen/Qwen2.5-VL-72B-Instruct"] and built == [str(tmp_path / "cache")]
+    backends.load_judge_backend(JudgeConfig(backend="qwen2_5_vl", judge_model=str(tmp_path)))
+    assert fetched == ["Qwen/Qwen2.5-VL-72B-Instruct"] and built[-1] == str(tmp_path)

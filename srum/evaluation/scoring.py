@@ -284,11 +284,9 @@ def load_judge(cfg: CompBenchJudgeConfig, info: distributed.DistInfo):
         return OpenAIJudge(cfg.server, model=cfg.model)
     import dataclasses
 
+    from srum.hub import local_or_snapshot
     from srum.judge.backends import QwenVLJudge
-    model = cfg.model
-    if not Path(model).expanduser().exists() and model.count("/") == 1 and not model.startswith((".", "/", "~")):
-        from srum.hub import snapshot
-        model = str(snapshot(model))   # a hub id: local rank 0 downloads, the node's other processes wait
+    model = local_or_snapshot(cfg.model)   # a hub id: local rank 0 downloads, the node's other processes wait
     device, device_map = judge_placement(dataclasses.replace(cfg, model=model), info)
     return QwenVLJudge(model, dtype=cfg.dtype, device=device, device_map=device_map)
 

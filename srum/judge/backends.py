@@ -277,7 +277,9 @@ def load_judge_backend(cfg, model=None) -> JudgeBackend:
     if cfg.backend == "qwen2_5_vl":
         if not cfg.judge_model:
             raise ValueError("judge backend 'qwen2_5_vl' needs judge_model (a checkpoint directory or hub id)")
-        return QwenVLJudge(cfg.judge_model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        from ..hub import local_or_snapshot   # a hub id: downloaded once per node, not once per rank
+        return QwenVLJudge(local_or_snapshot(cfg.judge_model), dtype=cfg.dtype, device=cfg.device,
+                           device_map=cfg.device_map)
     if cfg.backend == "openai":
         from .openai_backend import OpenAIJudge
         return OpenAIJudge(cfg.server, model=cfg.judge_model)
