@@ -57,7 +57,7 @@ from srum.stages.common import ImageStage, ModelConfig, error_row, relative_to
 from srum.stages.generate import PromptJobs, image_id_for
 
 from .compbench import EvalSamplingConfig, RunLayout, generate_prompt_images
-from .scoring import DEFAULT_JUDGE, SCORES_FILE, failed_judgment
+from .scoring import DEFAULT_JUDGE, SCORES_FILE, check_judge_settings, failed_judgment
 from .reasonbench_judge import DESCRIBE_QUESTION, question_keys, score_reasonbench_images
 from .summary import bar_chart, read_scores, summarize_scores, write_results_csv
 
@@ -121,16 +121,7 @@ class ReasonBenchJudgeConfig:
     retry_temperature: float = 0.7
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.gpus_per_process < 1:
-            raise ValueError("max_new_tokens, batch_size and gpus_per_process must be >= 1")
-        if self.retries < 0 or not self.retry_temperature > 0:
-            raise ValueError("retries must be >= 0 and retry_temperature > 0")
-        if self.device_map not in (None, "auto"):
-            raise ValueError(f"device_map must be null or 'auto', got {self.device_map!r}")
-        if self.device_map and self.gpus_per_process > 1:
-            raise ValueError("choose device_map: auto (one process, all GPUs) or gpus_per_process (torchrun), not both")
-        if self.backend == "openai":
-            self.server.check("judge")
+        check_judge_settings(self)
 
 
 @dataclass

@@ -187,6 +187,23 @@ def parse_alignment_score(text: str) -> AlignmentScore:
 
 
 # ------------------------------------------------------------------ config and judge placement
+def check_judge_settings(cfg) -> None:
+    """The checks every benchmark's MLLM judge config shares (budget, retries, placement,
+    server): ``CompBenchJudgeConfig`` and ``reasonbench.ReasonBenchJudgeConfig``."""
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.gpus_per_process < 1:
+        raise ValueError("max_new_tokens, batch_size and gpus_per_process must be >= 1")
+    if cfg.retries < 0:
+        raise ValueError(f"retries must be >= 0, got {cfg.retries}")
+    if not cfg.retry_temperature > 0:
+        raise ValueError(f"retry_temperature must be > 0, got {cfg.retry_temperature}")
+    if cfg.device_map not in (None, "auto"):
+        raise ValueError(f"device_map must be null or 'auto', got {cfg.device_map!r}")
+    if cfg.device_map and cfg.gpus_per_process > 1:
+        raise ValueError("choose device_map: auto (one process, all GPUs) or gpus_per_process (torchrun), not both")
+    if cfg.backend == "openai":
+        cfg.server.check("judge")
+
+
 @dataclass
 class CompBenchJudgeConfig:
     """The MLLM judge of ``srum eval compbench score`` (documented in EVAL.md).
@@ -210,18 +227,7 @@ class CompBenchJudgeConfig:
     question_template: str | None = None   # None = ALIGNMENT_QUESTION; must contain "{prompt}"
 
     def __post_init__(self):
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.gpus_per_process < 1:
-            raise ValueError("max_new_tokens, batch_size and gpus_per_process must be >= 1")
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if not self.retry_temperature > 0:
-            raise ValueError(f"retry_temperature must be > 0, got {self.retry_temperature}")
-        if self.device_map not in (None, "auto"):
-            raise ValueError(f"device_map must be null or 'auto', got {self.device_map!r}")
-        if self.device_map and self.gpus_per_process > 1:
-            raise ValueError("choose device_map: auto (one process, all GPUs) or gpus_per_process (torchrun), not both")
-        if self.backend == "openai":
-            self.server.check("judge")
+        check_judge_settings(self)
         if self.question_template is not None:
             try:
                 self.question_template.format(prompt="x")
