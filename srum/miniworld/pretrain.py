@@ -33,6 +33,7 @@ from ..config import load_config, to_dict
 from ..fileio import atomic_write_text
 from ..training.autoencoder import AutoencoderTrainConfig, latent_moments, train_autoencoder
 from .data import DataConfig, text_corpus, write_training_data
+from .vit_pretrain import VitPretrainConfig
 
 log = logging.getLogger("srum.miniworld")
 
@@ -59,6 +60,9 @@ class PretrainConfig:
         init rule (``init_std``, ``vit_patch_zero_mean``) and the seed: the stage that
         teaches reading pictures to a model whose ViT learnt nothing (generation does not
         use them, so what it draws is kept).
+    vit: the ViT's own pretraining at the end of phase 2 (:mod:`.vit_pretrain`, the world's
+        stand-in for SigLIP; ``vit.steps: 0`` skips it), on a fresh model or after
+        ``reinit_vit``.
     samples: the data modes phase 3 trains on, any of t2i / cot / vqa (their files of
         the data phase).
     export_dtype / export_weights: dtype of the exported weights and which ones ("auto": the
@@ -75,6 +79,7 @@ class PretrainConfig:
     autoencoder_from: str | None = None
     init_from: str | None = None
     reinit_vit: bool = False
+    vit: VitPretrainConfig = field(default_factory=VitPretrainConfig)
     samples: list[str] = field(default_factory=lambda: ["t2i", "cot", "vqa"])
     seed: int = 0
     export_dtype: str = "bfloat16"
@@ -219,6 +224,20 @@ def copy_initial_model(source: str, out: Path, reinit_vit_spec: dict | None = No
     return {"init_from": str(src), "reinit_vit": True, "seed": seed}
 
 
+def pretrain_model_vit(model_dir: Path, cfg: VitPretrainConfig, device: torch.device) -> dict:
+    """Phase 2's last step: :func:`.vit_pretrain.pretrain_vit` on the model in ``model_dir``,
+    written back in place (same weight file and dtype)."""
+    from ..models.bagel.checkpoint import find_weights, load_model, save_model
+    from .vit_pretrain import pretrain_vit
+    weights = find_weights(model_dir)
+    model = load_model(model_dir, dtype=torch.float32, device="cpu")
+    model.vit_model.requires_grad_(True)
+    report = pretrain_vit(model.vit_model, cfg, model.config.vit_max_patches_per_side, device)
+    model.to("cpu")
+    save_model(model, model_dir, weights_name=weights.name)
+    return report
+
+
 def _train_config(cfg: PretrainConfig, init_dir: Path, data_dir: Path, train_dir: Path):
     from ..training.config import load_train_config
     overrides = list(cfg.train_overrides) + [
@@ -251,6 +270,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
             init = copy_initial_model(cfg.init_from, init_dir, spec, cfg.seed)
         else:
             init = build_initial_model(cfg, data_dir, init_dir, device)
+        if cfg.vit.steps > 0:
+            if cfg.init_from and not cfg.reinit_vit:
+                raise ValueError("vit.steps > 0 with init_from needs reinit_vit: true (pretraining a trained "
+                                 "model's ViT again would move features its connector and LLM have learnt to read)")
+            init["vit_pretraining"] = pretrain_model_vit(init_dir, cfg.vit, device)
         _mark(init_dir, init)
     report["init"] = {k: v for k, v in init.items() if k != "autoencoder_curve"}
 
