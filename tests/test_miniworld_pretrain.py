@@ -35,11 +35,15 @@ def test_pretrain_phases_export_a_loadable_model_and_rerun_is_a_no_op(tmp_path):
     assert changed == []
     assert json.loads((run / "init" / "done.json").read_text())["vocab_size"] > 256
 
-    # a further stage: fresh ViT and connector by the model config's rule, vqa rows only
+    # a further stage: fresh ViT and connector by the model config's rule, the ViT pretrained
+    # on its own (srum/miniworld/vit_pretrain.py), vqa rows only
     from safetensors.torch import load_file
     stage = load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", [
-        f"out_dir={tmp_path / 'stage2'}", f"init_from={run / 'model'}", "reinit_vit=true", "samples=[vqa]", "seed=5"])
+        f"out_dir={tmp_path / 'stage2'}", f"init_from={run / 'model'}", "reinit_vit=true", "samples=[vqa]", "seed=5",
+        "vit.steps=4", "vit.batch_size=4", "vit.eval_scenes=8", "vit.log_every=2"])
     pretrain(stage)
+    vit_report = json.loads((tmp_path / "stage2" / "init" / "done.json").read_text())["vit_pretraining"]
+    assert [c["step"] for c in vit_report["curve"]] == [2, 4] and "shape" in vit_report["final"]
     before = load_file(str(run / "model" / "ema.safetensors"))
     after = load_file(str(tmp_path / "stage2" / "init" / "ema.safetensors"))
     assert before.keys() == after.keys()
@@ -52,6 +56,8 @@ def test_pretrain_phases_export_a_loadable_model_and_rerun_is_a_no_op(tmp_path):
     assert "vqa.jsonl" in trained and "t2i.jsonl" not in trained and "cot.jsonl" not in trained
     with pytest.raises(ValueError, match="samples must be a non-empty subset"):
         load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", ["samples=[images]"])
+    with pytest.raises(ValueError, match="vit.steps > 0 with init_from needs reinit_vit"):
+        load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", [f"init_from={run / 'model'}", "vit.steps=5"])
     with pytest.raises(ValueError, match="reinit_vit needs init_from"):
         load_pretrain_config("configs/miniworld/pretrain_tiny.yaml", ["reinit_vit=true"])
     fc2 = after["connector.fc2.weight"]                # connector_init: fan_in

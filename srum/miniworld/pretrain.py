@@ -97,6 +97,9 @@ def load_pretrain_config(path, overrides=()) -> PretrainConfig:
         raise ValueError(f"{path}: samples must be a non-empty subset of {list(SAMPLE_MODES)}, got {cfg.samples}")
     if cfg.reinit_vit and not cfg.init_from:
         raise ValueError(f"{path}: reinit_vit needs init_from (a random model's ViT is new anyway)")
+    if cfg.vit.steps > 0 and cfg.init_from and not cfg.reinit_vit:
+        raise ValueError(f"{path}: vit.steps > 0 with init_from needs reinit_vit: true (pretraining a trained "
+                         "model's ViT again would move features its connector and LLM have learnt to read)")
     return cfg
 
 
@@ -271,9 +274,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
         else:
             init = build_initial_model(cfg, data_dir, init_dir, device)
         if cfg.vit.steps > 0:
-            if cfg.init_from and not cfg.reinit_vit:
-                raise ValueError("vit.steps > 0 with init_from needs reinit_vit: true (pretraining a trained "
-                                 "model's ViT again would move features its connector and LLM have learnt to read)")
             init["vit_pretraining"] = pretrain_model_vit(init_dir, cfg.vit, device)
         _mark(init_dir, init)
     report["init"] = {k: v for k, v in init.items() if k != "autoencoder_curve"}
