@@ -123,6 +123,18 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     return tree
 
 
+def nest_dotted(overrides: dict) -> dict:
+    """``{"a.b": 1, "c": {"d.e": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": {"e": 2}}}``: a YAML
+    mapping of dotted overrides (the pipeline's and the study's ``overrides:``) as a tree."""
+    out: dict = {}
+    for key, value in overrides.items():
+        value = nest_dotted(value) if isinstance(value, dict) else value
+        for part in reversed(str(key).split(".")):
+            value = {part: value}
+        out = merge(out, value)
+    return out
+
+
 def merge(base: dict, update: dict) -> dict:
     """Recursive dict merge; ``update`` wins. Returns a new dict."""
     out = dict(base)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from srum.config import ConfigError, config_root, load_config
+from srum.config import ConfigError, config_root, load_config, nest_dotted
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -240,3 +240,10 @@ def test_cuda_errors_end_a_command_with_a_clear_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_demo", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):   # anything else keeps its traceback
         cli.main(["demo"])
+
+
+def test_dotted_overrides_of_a_yaml_mapping_nest_and_merge():
+    # the pipeline's and the study's `overrides:` mappings mix dotted keys and sections
+    assert nest_dotted({"a.b": 1, "c": {"d.e": 2}, "a.f": 3, "a": {"g": 4}}) == {
+        "a": {"b": 1, "f": 3, "g": 4}, "c": {"d": {"e": 2}}}
+    assert nest_dotted({"a.b": 1, "a.b.c": 2}) == {"a": {"b": {"c": 2}}}   # the later key wins

@@ -41,10 +41,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import ConfigError, build, merge, parse_overrides, read_yaml, to_dict
+from ..config import ConfigError, build, merge, nest_dotted, parse_overrides, read_yaml, to_dict
 from ..fileio import atomic_write_text
 from ..pipeline import state
-from ..pipeline.runner import _nest as nest_overrides
 from . import world as W
 from .pretrain import _resolve
 from .study_report import _read_json, _write_if_changed, aggregate, write_report
@@ -206,7 +205,7 @@ def load_study_config(path: str | None, overrides=(), quick: bool = False) -> St
     """YAML (+ the :data:`QUICK` preset) + dotted overrides -> :class:`StudyConfig`."""
     data = read_yaml(_resolve(path)) if path else {}
     if quick:
-        data = merge(data, nest_overrides(QUICK))
+        data = merge(data, nest_dotted(QUICK))
     data = merge(data, parse_overrides(overrides))
     try:
         return build(StudyConfig, data)
@@ -217,7 +216,7 @@ def load_study_config(path: str | None, overrides=(), quick: bool = False) -> St
 # ------------------------------------------------------------------ helpers
 def _stage_data(ref: StageRef, where: str) -> dict:
     try:
-        return merge(read_yaml(_resolve(ref.config)), nest_overrides(ref.overrides))
+        return merge(read_yaml(_resolve(ref.config)), nest_dotted(ref.overrides))
     except ConfigError as err:
         raise ConfigError(f"{where}.config ({ref.config}): {err}") from None
 
@@ -339,7 +338,7 @@ class Study:
         data = self.train_yaml
         if self.cfg.train.steps is not None:
             data = merge(data, {"train": {"total_steps": self.cfg.train.steps}})
-        data = merge(data, nest_overrides(self.cfg.variants[variant] or {}))
+        data = merge(data, nest_dotted(self.cfg.variants[variant] or {}))
         data = merge(data, {"model": {"path": self.model}, "output_dir": str(d / "train"),
                             "data": {"rewards": [str(self.root / f"seed-{seed}" / "candidates" / "judge" /
                                                      "rewards.jsonl")], "seed": seed},

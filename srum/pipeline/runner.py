@@ -23,7 +23,7 @@ from typing import Callable
 
 import yaml
 
-from ..config import ConfigError, build, config_root, merge, read_yaml, resolve_paths, to_dict
+from ..config import ConfigError, build, config_root, merge, nest_dotted, read_yaml, resolve_paths, to_dict
 from ..fileio import atomic_write_text
 from ..locking import DirectoryLock
 from ..preflight import Preflight
@@ -51,21 +51,6 @@ class StagePlan:
     status_dirs: list[str] | None = None
     commands: list[list[str]] = field(default_factory=list)   # what run() launches (dry run, preflight)
     gpus: list[int] = field(default_factory=list)              # GPUs per node of each command
-
-
-def _nest(overrides: dict) -> dict:
-    """``{"a.b": 1, "c": {"d": 2}}`` -> ``{"a": {"b": 1}, "c": {"d": 2}}``."""
-    out: dict = {}
-    for key, value in overrides.items():
-        value = _nest(value) if isinstance(value, dict) else value
-        out = merge(out, _dotted(str(key), value))
-    return out
-
-
-def _dotted(key: str, value) -> dict:
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
 
 
 def _file_stamp(path: Path) -> str:
@@ -98,7 +83,7 @@ class Pipeline:
         root = config_root(self.config_path) if self.config_path else Path.cwd()
         try:
             return merge(resolve_paths(cls, read_yaml(spec.config), config_root(spec.config)),
-                         resolve_paths(cls, _nest(spec.overrides), root))
+                         resolve_paths(cls, nest_dotted(spec.overrides), root))
         except ConfigError as err:
             raise ConfigError(f"{name}.config: {err}") from None
 
