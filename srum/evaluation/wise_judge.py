@@ -61,9 +61,11 @@ WISE_QUESTION = (
 
 
 def wiscore(consistency: float, realism: float, aesthetic_quality: float) -> float:
-    """WISE's per-image score, in [0, 1] (module docstring)."""
-    return (CRITERION_WEIGHTS["consistency"] * consistency + CRITERION_WEIGHTS["realism"] * realism
-            + CRITERION_WEIGHTS["aesthetic_quality"] * aesthetic_quality) / MAX_LEVEL
+    """WISE's per-image score, in [0, 1] (module docstring). Computed in tenths, (7c + 2r + a) / 20:
+    the same number, but exact for whole levels (0.7 * 2 + 0.2 * 2 + 0.1 * 2 is 1.9999999999999998)."""
+    tenths = {c: round(10 * w) for c, w in CRITERION_WEIGHTS.items()}
+    return (tenths["consistency"] * consistency + tenths["realism"] * realism
+            + tenths["aesthetic_quality"] * aesthetic_quality) / (10 * MAX_LEVEL)
 
 
 def check_question_template(template: str | None) -> None:
