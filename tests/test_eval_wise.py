@@ -16,41 +16,16 @@ from srum.config import load_config
 from srum.evaluation.compbench import RunLayout
 from srum.evaluation.summary import compare_runs, read_scores
 from srum.evaluation.wise import (
-    CATEGORIES, CATEGORY_WEIGHTS, DOMAINS, WiseConfig, data_problems, read_prompts, run_score, summarize_rows,
+    CATEGORIES, CATEGORY_WEIGHTS, WiseConfig, data_problems, read_prompts, run_score, summarize_rows,
     summarize_run, weighted,
 )
 from srum.evaluation.wise_judge import ParseError, parse_wise_scores, score_wise_images, wiscore
 from srum.stages.generate import image_seed
 
-from helpers_eval import TINY_SAMPLING, eval_parser, jsonl_rows
+from helpers_eval import LEVELS, TINY_SAMPLING, eval_parser, jsonl_rows, write_wise
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WISE = REPO.parent / "shared" / "data" / "wise"
-
-# per domain: (prompt_id, Category as the files spell it, Subcategory); a scripted judge
-# answers the scores named in the prompt text
-BENCH = {
-    "culture": [(1, "Cultural knowledge", "Festival"), (2, "Cultural knowledge", "Festival"),
-                (3, "Cultural knowledge", "Animal")],
-    "space-time": [(401, "time", "Horizontal time"), (402, "time", "Longitudinal time"),
-                   (521, "Space", "Relative Position")],
-    "science": [(641, "Biology", "State"), (761, "Physical Knowledge", "Optics"), (881, "Chemistry", "Combustion")],
-}
-# the (consistency, realism, aesthetic quality) the scripted judge gives each prompt
-LEVELS = {1: (2, 2, 2), 2: (1, 0, 1), 3: (0, 1, 2), 401: (2, 1, 0), 402: (1, 1, 1), 521: (2, 2, 1),
-          641: (0, 0, 0), 761: (1, 2, 2), 881: (2, 0, 1)}
-CATEGORY_OF = {"Cultural knowledge": "culture", "time": "time", "Space": "space", "Biology": "biology",
-               "Physical Knowledge": "physics", "Chemistry": "chemistry"}
-
-
-def write_wise(root: Path, suffix: str = "_verified", bench=BENCH) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for domain, entries in bench.items():
-        rows = [{"Prompt": f"Prompt {pid}: scores {LEVELS.get(pid)}", "Explanation": f"What prompt {pid} means",
-                 "Category": cat, "Subcategory": sub, "prompt_id": pid} for pid, cat, sub in entries]
-        (root / f"{DOMAINS[domain].file_stem}{suffix}.json").write_text(json.dumps(rows, indent=1))
-    return root
-
 
 def expected_wiscore(pid):
     c, r, a = LEVELS[pid]
