@@ -303,15 +303,16 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     judged = name in JUDGED_EVALS and step in ("score", "all")
     for text in benchmark_data_problems(name.removeprefix("eval "), cfg):
         pf.problem(text)
-    if judged and cfg.judge.backend == "openai":   # a served judge: nothing to find here
+    served = judged and cfg.judge.backend == "openai"   # a served judge: no weights to find or place here
+    if served:
         pf.note(f"judge: served at {cfg.judge.server.base_url} (not checked)")
     elif judged:
         pf.model("judge.model", cfg.judge.model, kind="judge", gpus_per_process=cfg.judge.gpus_per_process)
-        if step == "score":
-            pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
-                    "run the generate step first, or set images=")
+    if judged and step == "score":
+        pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
+                "run the generate step first, or set images=")
     g = max([getattr(model, "gpus_per_process", 1) if model is not None else 1] +
-            ([cfg.judge.gpus_per_process] if judged else []))
+            ([cfg.judge.gpus_per_process] if judged and not served else []))
     pf.launch(name, stage_command(), local * g)
     pf.check_versions()
     pf.check_gpus()

@@ -314,3 +314,18 @@ def test_wise_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     assert out["benchmark"] == "WISE" and out["columns"][:6] == list(CATEGORIES) and "paper" not in out
     text = (tmp_path / "compare" / "compare.md").read_text()
     assert "| run | Cultural | Time | Space |" in text and "WiScore x 100" in text
+
+
+def test_dry_run_names_the_missing_files_and_skips_a_served_judge(tmp_path, capsys):
+    from srum.preflight import check_stage
+    cfg = load_config(WiseConfig, None, [f"out_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'none'}",
+                                         "judge.backend=openai", "judge.server.base_url=http://judge:8000/v1"])
+    pf = check_stage("eval wise", cfg, "score")
+    assert sum("WISE prompt file not found" in p for p in pf.problems) == 3
+    assert any(p.startswith("images:") and "manifest.jsonl" in p for p in pf.problems)
+    assert not any("judge.model" in p for p in pf.problems) and any("http://judge:8000/v1" in n for n in pf.notes)
+    local = load_config(WiseConfig, None, [f"out_dir={tmp_path / 'run'}", f"data_dir={write_wise(tmp_path / 'w')}",
+                                           f"judge.model={tmp_path / 'no-judge'}"])
+    pf = check_stage("eval wise", local, "all")
+    assert not any("WISE prompt file" in p for p in pf.problems) and any("judge.model" in p for p in pf.problems)
+    assert not (tmp_path / "run").exists()
