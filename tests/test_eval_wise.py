@@ -329,3 +329,12 @@ def test_dry_run_names_the_missing_files_and_skips_a_served_judge(tmp_path, caps
     pf = check_stage("eval wise", local, "all")
     assert not any("WISE prompt file" in p for p in pf.problems) and any("judge.model" in p for p in pf.problems)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_domain_file_is_a_training_prompt_set(tmp_path):
+    """The generate stage (and the registry's wise_* entries) read WISE's files as prompts."""
+    from srum.data.prompts import read_prompts as read_prompt_files
+    data = write_wise(tmp_path / "wise")
+    items, errors = read_prompt_files([data / "spatio-temporal_reasoning_verified.json"], categories=["time"])
+    assert errors == [] and [(i.id, i.category) for i in items] == [("401", "time"), ("402", "time")]
+    assert items[0].prompt == "Prompt 401: scores (2, 1, 0)"
