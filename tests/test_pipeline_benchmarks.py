@@ -91,3 +91,34 @@ def test_reasonbench_and_wise_plans_and_checks(tmp_path, capsys):
                                          "eval.config=configs/eval/tiny_wise.yaml"])
     with pytest.raises(ConfigError, match="eval.benchmark"):
         load_pipeline_config(str(TINY), [f"run_dir={run_dir}", "eval.benchmark=geneval"])
+
+
+def test_bagel7b_wise_config_resolves_each_split(tmp_path, capsys):
+    """configs/pipeline/bagel7b_wise.yaml builds every stage for each training domain (a dry run
+    writes nothing); a domain both trained on and evaluated is pointed out."""
+    data = write_wise(tmp_path / "wise", suffix="")
+    config = ROOT / "configs" / "pipeline" / "bagel7b_wise.yaml"
+    registry = ", ".join(f"wise_{name}: {{kind: prompts, paths: ['{data}/{stem}.json']}}" for name, stem in (
+        ("culture", "cultural_common_sense"), ("space_time", "spatio-temporal_reasoning"),
+        ("science", "natural_science")))
+    splits = {"culture": ["space-time", "science"], "space_time": ["culture", "science"],
+              "science": ["culture", "space-time"]}
+    for trained, evaluated in splits.items():
+        cfg = load_pipeline_config(str(config), [
+            f"run_dir={tmp_path / 'run'}", f"datasets={{{registry}}}", f"data.generate=[wise_{trained}]",
+            f"eval.overrides.domains=[{','.join(evaluated)}]", f"eval.overrides.data_dir={data}"])
+        pipeline = Pipeline(cfg, str(config), dry_run=True)
+        assert pipeline.run() is None
+        out = capsys.readouterr().out
+        planned = re.findall(r"^\[([^\]]+)\] would run", out, flags=re.M)
+        assert planned == ["baseline/eval"] + [f"round-01/{s}" for s in ("generate", "propose", "judge", "train",
+                                                                          "export", "eval", "report")]
+        assert re.search(r"--nproc_per_node=2 .*-m srum eval wise score --config \S+/round-01/eval/config.yaml", out)
+        assert not any("WISE" in p or "wise_" in p for p in pipeline.preflight.problems), pipeline.preflight.problems
+        assert not any("both trained on" in n for n in pipeline.preflight.notes)
+    cfg = load_pipeline_config(str(config), [f"run_dir={tmp_path / 'run'}", f"datasets={{{registry}}}",
+                                             f"eval.overrides.data_dir={data}", "eval.overrides.domains=[culture]"])
+    pipeline = Pipeline(cfg, str(config), dry_run=True)
+    pipeline.run()
+    assert any("culture are both trained on" in n for n in pipeline.preflight.notes)
+    assert not (tmp_path / "run").exists()
