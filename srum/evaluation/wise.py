@@ -72,9 +72,9 @@ class Domain:
 
 
 DOMAINS = {d.name: d for d in (
-    Domain("culture", "cultural_common_sense", ("culture",), "Cultural dom."),
-    Domain("space-time", "spatio-temporal_reasoning", ("time", "space"), "Spatio-temp."),
-    Domain("science", "natural_science", ("biology", "physics", "chemistry"), "Nat. science"),
+    Domain("culture", "cultural_common_sense", ("culture",), "Cultural"),
+    Domain("space-time", "spatio-temporal_reasoning", ("time", "space"), "Space-time"),
+    Domain("science", "natural_science", ("biology", "physics", "chemistry"), "Science"),
 )}
 CATEGORIES = ("culture", "time", "space", "biology", "physics", "chemistry")   # WISE's table order
 DOMAIN_OF = {c: d.name for d in DOMAINS.values() for c in d.categories}
@@ -91,13 +91,15 @@ CATEGORY_WEIGHTS = {
     "original": {"culture": 0.4, "time": 0.167, "space": 0.133, "biology": 0.1, "physics": 0.1, "chemistry": 0.1},
     "verified": {"culture": 0.4, "time": 0.12, "space": 0.12, "biology": 0.12, "physics": 0.12, "chemistry": 0.12},
 }
+# the domains of several categories get a column (the culture domain is the culture category)
+DOMAIN_COLUMNS = tuple(f"domain:{d.name}" for d in DOMAINS.values() if len(d.categories) > 1)
 HEADERS = {"culture": "Cultural", "time": "Time", "space": "Space", "biology": "Biology", "physics": "Physics",
            "chemistry": "Chemistry", **{f"domain:{d.name}": d.header for d in DOMAINS.values()},
            "overall": "Overall", "overall_evaluated": "Evaluated"}
-TABLE_COLUMNS = (*CATEGORIES, *(f"domain:{d}" for d in DOMAINS), "overall", "overall_evaluated")
-TABLE_NOTE = ("WiScore x 100 (WISE publishes 0-1: divide by 100). Cultural ... Chemistry: category means; the domain "
-              "columns and Overall: WISE's weighted means of the category means; Evaluated: the same weights over "
-              "the evaluated categories only.")
+TABLE_COLUMNS = (*CATEGORIES, *DOMAIN_COLUMNS, "overall", "overall_evaluated")
+TABLE_NOTE = ("WiScore x 100 (WISE publishes 0-1: divide by 100). Cultural ... Chemistry: category means; Space-time, "
+              "Science (the domains) and Overall: WISE's weighted means of the category means; Evaluated: the same "
+              "weights over the evaluated categories only.")
 CSV_FIELDS = ("image_id", "category", "subcategory", "domain", "wise_id", "prompt_id", "sample_index", "consistency",
               "realism", "aesthetic_quality", "wiscore", "score", "status", "prompt", "image_file")
 
@@ -316,7 +318,8 @@ def summarize_rows(rows: list[dict], variant: str) -> dict:
         ok = [r for r in rows if r["category"] == name and r["status"] == "ok"]
         stats["wiscore"] = None if stats["mean"] is None else stats["mean"] / 100
         stats.update({c: _mean([float(r[c]) for r in ok]) for c in CRITERIA})   # mean level of each criterion
-    subs = category_stats([{**r, "category": f"{r['category']}/{r.get('subcategory') or 'unknown'}"} for r in rows])
+    found = category_stats([{**r, "category": f"{r['category']}/{r.get('subcategory') or 'unknown'}"} for r in rows])
+    subs = dict(sorted(found.items(), key=lambda kv: (CATEGORIES.index(kv[0].split("/")[0]), kv[0])))
     means = {c: s["mean"] for c, s in cats.items()}
     domains = {}
     for d in DOMAINS.values():
@@ -340,7 +343,7 @@ def summarize_rows(rows: list[dict], variant: str) -> dict:
 
 def table_values(summary: dict) -> dict[str, float | None]:
     values = {c: summary["categories"].get(c, {}).get("mean") for c in CATEGORIES}
-    values.update({f"domain:{d}": summary["domains"].get(d, {}).get("mean") for d in DOMAINS})
+    values.update({c: summary["domains"].get(c.removeprefix("domain:"), {}).get("mean") for c in DOMAIN_COLUMNS})
     values.update({"overall": summary.get("overall"), "overall_evaluated": summary.get("overall_evaluated")})
     return values
 
