@@ -185,7 +185,8 @@ def test_prompts_domains_categories_and_bad_entries(tmp_path):
     assert [p.wise_id for p in read_prompts(some)[0]] == [401, 881]
     # the score step looks any image up, whatever the selection
     assert len(read_prompts(split, selected=False)[0]) == 9
-    for bad in ({"domains": ["history"]}, {"categories": ["geology"]}, {"domains": ["culture"], "categories": ["time"]}):
+    for bad in ({"domains": ["history"]}, {"categories": ["geology"]},
+                {"domains": ["culture"], "categories": ["time"]}):
         with pytest.raises(ValueError):
             WiseConfig(out_dir="x", **bad)
 

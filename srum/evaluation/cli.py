@@ -220,8 +220,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     _add_steps(c, {"generate": "one image per prompt into <out_dir>/images/<prompt_id>.png (WISE's layout)",
                    "score": "judge every image (consistency, realism, aesthetic quality -> WiScore) into "
                             "<out_dir>/scores/scores.jsonl",
-                   "summarize": "per-category, per-subcategory and per-domain WiScore, overall, CSV/JSON/markdown/chart "
-                                "into <out_dir>/summary/",
+                   "summarize": "per-category, per-subcategory and per-domain WiScore, overall, "
+                                "CSV/JSON/markdown/chart into <out_dir>/summary/",
                    "all": "generate, score and summarize in one go"},
                "srum eval wise {step} --config configs/eval/wise.yaml out_dir=runs/eval/wise/bagel", cmd_wise)
 

@@ -217,7 +217,8 @@ class PipelineConfig:
         if self.eval.enabled and self.eval.config is None:
             raise ValueError("eval.config: give the evaluation YAML, or set eval.enabled: false")
         if self.eval.enabled and self.eval.benchmark != "compbench" and self.data.eval:
-            own = "prompts section" if self.eval.benchmark == "miniworld" else "data_dir, the user's copy of the benchmark"
+            own = ("prompts section" if self.eval.benchmark == "miniworld"
+                   else "data_dir, the user's copy of the benchmark")
             raise ValueError(f"data.eval: the {self.eval.benchmark} evaluation takes its prompts from its own config "
                              f"(eval.config's {own}); leave data.eval empty")
         if self.eval.init_tiny_judge and self.eval.benchmark not in JUDGED_BENCHMARKS:
