@@ -216,7 +216,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                     "realism / aesthetics with an MLLM judge (WiScore), summarize",
                        formatter_class=fmt,
                        description="Example: srum eval wise all --config configs/eval/wise.yaml "
-                                   "model.path=/ckpt/BAGEL-7B-MoT data_dir=/data/WISE out_dir=runs/eval/wise/bagel")
+                                   "model.path=/ckpt/BAGEL-7B-MoT data_dir=/data/WISE/WISE_legacy/data "
+                                   "out_dir=runs/eval/wise/bagel")
     _add_steps(c, {"generate": "one image per prompt into <out_dir>/images/<prompt_id>.png (WISE's layout)",
                    "score": "judge every image (consistency, realism, aesthetic quality -> WiScore) into "
                             "<out_dir>/scores/scores.jsonl",
