@@ -260,6 +260,20 @@ def stage_command() -> list[str]:
 
 
 # ---------------------------------------------------------------- one stage command
+JUDGED_EVALS = ("eval compbench", "eval t2i-reasonbench", "eval wise")   # evaluations with an MLLM judge
+
+
+def benchmark_data_problems(benchmark: str, cfg) -> list[str]:
+    """The user's copy of a benchmark that reads its own files (T2I-ReasonBench, WISE):
+    what is missing, as problem lines (``srum eval ... --dry-run`` and ``srum pipeline``)."""
+    if benchmark == "t2i-reasonbench" and not (Path(cfg.data_dir).expanduser() / "prompts").is_dir():
+        return [f"data_dir: {cfg.data_dir} has no prompts/ folder; point it at your copy of T2I-ReasonBench"]
+    if benchmark == "wise":
+        from .evaluation.wise import data_problems
+        return data_problems(cfg)
+    return []
+
+
 def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     """The preflight of ``srum <name> --dry-run``: the paths, models and GPUs of one stage
     command's config (``step``: of ``srum eval compbench STEP``)."""
@@ -274,8 +288,7 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     for path in prompts if draws and isinstance(prompts, list) else []:
         pf.file("prompts", path)
     for field_name in ("images", "regions", "metadata"):
-        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(("eval compbench",
-                                                                                    "eval t2i-reasonbench")):
+        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(JUDGED_EVALS):
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam
@@ -287,17 +300,19 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     if name == "train":
         for rewards in cfg.data.rewards:
             pf.file("data.rewards", rewards)
-    judged = name in ("eval compbench", "eval t2i-reasonbench") and step in ("score", "all")
-    if name == "eval t2i-reasonbench":
-        if not (Path(cfg.data_dir).expanduser() / "prompts").is_dir():
-            pf.problem(f"data_dir: {cfg.data_dir} has no prompts/ folder; point it at your copy of T2I-ReasonBench")
-    if judged:
+    judged = name in JUDGED_EVALS and step in ("score", "all")
+    for text in benchmark_data_problems(name.removeprefix("eval "), cfg):
+        pf.problem(text)
+    served = judged and cfg.judge.backend == "openai"   # a served judge: no weights to find or place here
+    if served:
+        pf.note(f"judge: served at {cfg.judge.server.base_url} (not checked)")
+    elif judged:
         pf.model("judge.model", cfg.judge.model, kind="judge", gpus_per_process=cfg.judge.gpus_per_process)
-        if step == "score":
-            pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
-                    "run the generate step first, or set images=")
+    if judged and step == "score":
+        pf.file("images", cfg.images or Path(cfg.out_dir) / "images" / "manifest.jsonl",
+                "run the generate step first, or set images=")
     g = max([getattr(model, "gpus_per_process", 1) if model is not None else 1] +
-            ([cfg.judge.gpus_per_process] if judged else []))
+            ([cfg.judge.gpus_per_process] if judged and not served else []))
     pf.launch(name, stage_command(), local * g)
     pf.check_versions()
     pf.check_gpus()

@@ -22,3 +22,10 @@ def tiny_dir(tmp_path_factory):
 def tiny_model(tiny_dir):
     torch.manual_seed(0)
     return srum.load_model(tiny_dir, dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_judge_dir(tmp_path_factory):
+    """A random tiny Qwen2.5-VL judge in the published layout (the evaluation tests)."""
+    from srum.judge.tiny_qwen_vl import write_tiny_qwen_vl
+    return write_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen-vl"), seed=0)

@@ -2,7 +2,6 @@
 """`srum eval compbench` / `official-layout` / `geneval-images`: answer parsing, retries,
 judge placement, and the whole evaluation end to end on CPU with a tiny Bagel and a tiny
 random Qwen2.5-VL judge."""
-import argparse
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 
 from srum.config import load_config
-from srum.evaluation.cli import add_eval_parser
 from srum.evaluation.compbench import CompBenchConfig, RunLayout, export_official_layout, official_file_stem
 from srum.evaluation.geneval import GenEvalConfig, run_geneval_images
 from srum.evaluation.scoring import (
@@ -20,24 +18,13 @@ from srum.evaluation.scoring import (
 )
 from srum.evaluation.summary import read_scores, summarize_run
 from srum.distributed import DistInfo
-from srum.judge.tiny_qwen_vl import write_tiny_qwen_vl
 from srum.stages.generate import image_seed
-from srum.stages.shards import iter_jsonl
+
+from helpers_eval import TINY_SAMPLING, eval_parser, jsonl_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VAL = REPO.parent / "shared" / "data" / "srum-prompts" / "val_comp.json"
 EXAMPLES = REPO / "data" / "prompts" / "examples.jsonl"
-TINY = ["sampling.height=32", "sampling.width=32", "sampling.num_timesteps=3", "sampling.max_think_tokens=4"]
-
-
-def _rows(path):
-    return [obj for _, obj, err in iter_jsonl(Path(path)) if obj is not None]
-
-
-def _eval_parser():
-    parser = argparse.ArgumentParser(prog="srum")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
 
 
 class ScriptedJudge:
@@ -53,11 +40,6 @@ class ScriptedJudge:
         assert all(len(row) == 1 and isinstance(row[0], Image.Image) for row in images)
         self.calls.append((len(prompts), do_sample))
         return [self.answer(p, do_sample, generator) for p in prompts]
-
-
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tmp_path_factory):
-    return write_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen-vl"), seed=0)
 
 
 # ---------------------------------------------------------------- answer parsing
@@ -169,7 +151,7 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
         return {name: (layout.scores / name).read_bytes() for name in ("scores.jsonl", "errors.jsonl", "summary.json")}
 
     first = score(flaky, retry_errors=False)
-    scores = _rows(layout.scores_file)
+    scores = jsonl_rows(layout.scores_file)
     assert [(r["image_id"], r["status"]) for r in scores] == [
         ("good0", "ok"), ("bad1", "failed"), ("good2", "ok"), ("boom3", "failed"), ("good4", "ok")]
     assert all("_error" not in r for r in scores) and scores[1]["score"] is None
@@ -177,7 +159,7 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
     assert [(a["answer"], a["sampled"], a["error"]) for a in scores[2]["attempts"]] == [
         (None, False, "judge raised RuntimeError: input too long for the judge (scripted)"), ('{"score": 60}', True, None)]
     assert scores[1]["attempts"][-1]["error"] and len(scores[1]["attempts"]) == 2
-    errors = {r["image_id"]: r for r in _rows(layout.scores / "errors.jsonl")}
+    errors = {r["image_id"]: r for r in jsonl_rows(layout.scores / "errors.jsonl")}
     assert sorted(errors) == ["gone5"] and "image not found" in errors["gone5"]["_error"]
     assert (first["num_scored"], first["num_failed"], first["num_errors"], first["mean_score"]) == (3, 2, 1, 60.0)
     assert first["num_retryable"] == 2
@@ -195,18 +177,18 @@ def test_retry_errors_rejudges_exactly_the_failed_judgments(tmp_path):
     score(lambda question, sampled, generator: asked.append(text_of(question)) or "still no idea", retry_errors=True)
     # greedy, then one sampled re-ask each; they sit in different batches of the global order
     assert asked == ["prompt bad1"] * 2 + ["prompt boom3"] * 2
-    failed_again = {r["image_id"]: r for r in _rows(layout.scores_file)}
+    failed_again = {r["image_id"]: r for r in jsonl_rows(layout.scores_file)}
     assert list(failed_again) == names                          # still one row per image
     assert [a["answer"] for a in failed_again["boom3"]["attempts"]] == ["still no idea"] * 2
 
     # retry_errors: exactly the two failed judgments are asked again (gone5 is still unreadable)
     again = score(fixed, retry_errors=True)
     assert asked == ["prompt bad1", "prompt boom3"]
-    rescored = _rows(layout.scores_file)
+    rescored = jsonl_rows(layout.scores_file)
     assert [r["image_id"] for r in rescored] == names                    # one row per image, no duplicates
     assert [r for r in rescored if r["image_id"] in ("good0", "good2", "good4")] == [scores[0], scores[2], scores[4]]
     assert all(r["status"] == "ok" and r["score"] == 90 for r in rescored if r["image_id"] in ("bad1", "boom3"))
-    assert [r["image_id"] for r in _rows(layout.scores / "errors.jsonl")] == ["gone5"]
+    assert [r["image_id"] for r in jsonl_rows(layout.scores / "errors.jsonl")] == ["gone5"]
     assert (again["num_scored"], again["num_failed"], again["num_errors"], again["num_ok"]) == (5, 0, 1, 5)
     assert again["num_retryable"] == 0
     assert summarize_run(layout.root)["num_failed"] == 0
@@ -252,16 +234,16 @@ def test_compbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     run = tmp_path / "run"
     args = ["--config", str(REPO / "configs" / "eval" / "tiny_compbench.yaml"), f"model.path={tiny_dir}",
             f"judge.model={tiny_judge_dir}", f"out_dir={run}", f"prompts={json.dumps(prompts)}",
-            "limit_per_category=1", "judge.max_new_tokens=8", *TINY]
+            "limit_per_category=1", "judge.max_new_tokens=8", *TINY_SAMPLING]
     if categories:
         args.append(f"categories={categories}")
-    parsed = _eval_parser().parse_args(["eval", "compbench", "all", *args])
+    parsed = eval_parser().parse_args(["eval", "compbench", "all", *args])
     assert parsed.step == "all"
     assert parsed.func(parsed) == 0
     layout = RunLayout(run)
 
     # images: <category>/<id>.png, seeds from (seed, prompt id, k), manifest complete
-    images = _rows(layout.images_manifest)
+    images = jsonl_rows(layout.images_manifest)
     assert len(images) == n_expected and len({r["category"] for r in images}) == n_expected
     for row in images:
         assert row["image_file"] == f"{row['category']}/{row['prompt_id']}.png"
@@ -270,7 +252,7 @@ def test_compbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
             assert im.size == (32, 32)
 
     # scores: one row per image; the random judge's answers do not parse -> failed, counted
-    scores = _rows(layout.scores_file)
+    scores = jsonl_rows(layout.scores_file)
     assert [r["image_id"] for r in scores] == [r["image_id"] for r in images]
     assert all(r["status"] in ("ok", "failed") and len(r["attempts"]) >= 1 for r in scores)
     assert all(r["score"] is None for r in scores if r["status"] == "failed")
@@ -285,7 +267,7 @@ def test_compbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     # rerun: everything is done, nothing is redrawn or re-judged
     stamps = {p: p.stat().st_mtime_ns for p in layout.images.rglob("*.png")}
     score_parts = (layout.scores / "parts" / "rank-00000.jsonl").read_text()
-    again = _eval_parser().parse_args(["eval", "compbench", "all", *args])
+    again = eval_parser().parse_args(["eval", "compbench", "all", *args])
     assert again.func(again) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in layout.images.rglob("*.png")}
     assert (layout.scores / "parts" / "rank-00000.jsonl").read_text() == score_parts
@@ -307,10 +289,10 @@ def test_compbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
 
     # T2I-CompBench's own layout: <category>/samples/<prompt>_<index:06d>.png, same bytes
     official = tmp_path / "official"
-    parsed = _eval_parser().parse_args(["eval", "official-layout", str(run), "--out", str(official), "--mode", "copy"])
+    parsed = eval_parser().parse_args(["eval", "official-layout", str(run), "--out", str(official), "--mode", "copy"])
     assert parsed.func(parsed) == 0
     for row in images:
-        index = _rows(official / row["category"] / "index.jsonl")
+        index = jsonl_rows(official / row["category"] / "index.jsonl")
         assert len(index) == 1 and index[0]["image_id"] == row["image_id"]
         target = official / row["category"] / "samples" / f"{row['prompt']}_000000.png"
         assert target.read_bytes() == (layout.images / row["image_file"]).read_bytes()
@@ -351,7 +333,7 @@ def test_geneval_images_layout(tmp_path, tiny_dir):
     meta.write_text("\n".join(lines) + "\n")
     out = tmp_path / "geneval"
     cfg = load_config(GenEvalConfig, None, [f"model.path={tiny_dir}", f"metadata={meta}", f"out_dir={out}",
-                                            "num_images_per_prompt=2", "batch_size=2", *TINY])
+                                            "num_images_per_prompt=2", "batch_size=2", *TINY_SAMPLING])
     assert cfg.sampling.cfg_interval == (0.0, 1.0) and cfg.sampling.think is False
     summary = run_geneval_images(cfg)
     assert summary["complete"] and summary["num_ok"] == 4 and summary["num_input_errors"] == 1
@@ -363,5 +345,5 @@ def test_geneval_images_layout(tmp_path, tiny_dir):
         assert json.loads((folder / "metadata.jsonl").read_text()) == json.loads(line)
         assert sorted(p.name for p in (folder / "samples").iterdir()) == ["0000.png", "0001.png"]
         assert [p.name for p in folder.iterdir()] != [] and not list(folder.glob(".*"))
-    rows = _rows(out / "manifest.jsonl")
+    rows = jsonl_rows(out / "manifest.jsonl")
     assert [r["seed"] for r in rows] == [image_seed(0, f"geneval_{i:05d}", k) for i in (0, 2) for k in (0, 1)]

@@ -3,7 +3,6 @@
 format), the judge conversation and its answer parsing, the per-image and per-dimension
 arithmetic against hand-computed cases and the published numbers, and the whole
 evaluation end to end on CPU with a tiny Bagel and a tiny random Qwen2.5-VL judge."""
-import argparse
 import json
 import re
 from pathlib import Path
@@ -13,7 +12,6 @@ import torch
 from PIL import Image
 
 from srum.config import load_config
-from srum.evaluation.cli import add_eval_parser
 from srum.evaluation.compbench import RunLayout
 from srum.evaluation.reasonbench import (
     DIMENSIONS, PAPER_ROWS, ReasonBenchConfig, image_scores, read_prompts, reasonbench_overall, run_score,
@@ -24,22 +22,11 @@ from srum.evaluation.reasonbench_judge import (
 )
 from srum.evaluation.summary import compare_runs, read_scores
 from srum.judge.openai_backend import chat_messages
-from srum.judge.tiny_qwen_vl import write_tiny_qwen_vl
 from srum.stages.generate import image_seed
-from srum.stages.shards import iter_jsonl
+
+from helpers_eval import TINY_SAMPLING, eval_parser, jsonl_rows
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["sampling.height=32", "sampling.width=32", "sampling.num_timesteps=3", "sampling.max_think_tokens=4"]
-
-
-def _rows(path):
-    return [obj for _, obj, err in iter_jsonl(Path(path)) if obj is not None]
-
-
-def _eval_parser():
-    parser = argparse.ArgumentParser(prog="srum")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
 
 
 # ---------------------------------------------------------------- a small benchmark in the upstream format
@@ -129,11 +116,6 @@ class ScriptedJudge:
                 scores = [float(re.search(r"\[([\d.]+)\]", criteria[k])[1]) for k in question_keys(criteria)]
                 answers.append(json.dumps({"reason": "checked each question", "score": scores}))
         return answers
-
-
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tmp_path_factory):
-    return write_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen-vl"), seed=0)
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -289,13 +271,13 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     run = tmp_path / "run"
     args = ["--config", str(REPO / "configs" / "eval" / "tiny_t2i_reasonbench.yaml"), f"model.path={tiny_dir}",
             f"judge.model={tiny_judge_dir}", f"out_dir={run}", f"data_dir={data}", "limit_per_dimension=null",
-            "judge.max_new_tokens=6", "judge.retries=0", *TINY]
-    parsed = _eval_parser().parse_args(["eval", "t2i-reasonbench", "all", *args])
+            "judge.max_new_tokens=6", "judge.retries=0", *TINY_SAMPLING]
+    parsed = eval_parser().parse_args(["eval", "t2i-reasonbench", "all", *args])
     code = parsed.func(parsed)
     layout = RunLayout(run)
 
     # images: the benchmark's layout <dimension folder>/<id:04d>.png, seeds from (seed, prompt id, k)
-    images = _rows(layout.images_manifest)
+    images = jsonl_rows(layout.images_manifest)
     assert len(images) == 6
     for row in images:
         dim = DIMENSIONS[row["dimension"]]
@@ -306,7 +288,7 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
             assert im.size == (32, 32)
 
     # scores: one row per image; the random judge's section answers do not parse -> failed, counted
-    scores = _rows(layout.scores_file)
+    scores = jsonl_rows(layout.scores_file)
     assert [r["image_id"] for r in scores] == [r["image_id"] for r in images]
     assert all(r["status"] in ("ok", "failed") for r in scores)
     failed = sum(r["status"] == "failed" for r in scores)
@@ -323,7 +305,7 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     # rerun: everything is done, nothing is redrawn or re-judged
     stamps = {p: p.stat().st_mtime_ns for p in layout.images.rglob("*.png")}
     parts = (layout.scores / "parts" / "rank-00000.jsonl").read_text()
-    again = _eval_parser().parse_args(["eval", "t2i-reasonbench", "all", *args])
+    again = eval_parser().parse_args(["eval", "t2i-reasonbench", "all", *args])
     assert again.func(again) == code
     assert stamps == {p: p.stat().st_mtime_ns for p in layout.images.rglob("*.png")}
     assert (layout.scores / "parts" / "rank-00000.jsonl").read_text() == parts
@@ -337,7 +319,7 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     judge = ScriptedJudge(lambda prompt, history, sampled: "looks right" if "element 4 drawn right? [0]" in prompt
                           else None)
     manifest = tmp_path / "manifest.jsonl"
-    rows = _rows(layout.images_manifest)
+    rows = jsonl_rows(layout.images_manifest)
     for r in rows:
         r["image_file"] = str(layout.images / r["image_file"])
         if r["image_id"] == no_questions:
@@ -348,9 +330,9 @@ def test_reasonbench_end_to_end_tiny(tmp_path, tiny_dir, tiny_judge_dir):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     stage = run_score(manifest, run2.scores, cfg, backend=judge)
     assert (stage["num_errors"], stage["num_scored"], stage["num_failed"], stage["status"]) == (1, 4, 1, "incomplete")
-    assert "no entry with id 99" in _rows(run2.scores / "errors.jsonl")[0]["_error"]
+    assert "no entry with id 99" in jsonl_rows(run2.scores / "errors.jsonl")[0]["_error"]
     result = summarize_run(run2.root, label="scripted")
-    got = {r["image_id"]: r for r in _rows(run2.scores_file)}
+    got = {r["image_id"]: r for r in jsonl_rows(run2.scores_file)}
     assert no_questions not in got and got[unparseable]["status"] == "failed"
     assert len(got[unparseable]["attempts"]["reason_evaluation"]) == 2     # greedy + one sampled re-ask
     for image_id, row in got.items():

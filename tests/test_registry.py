@@ -59,8 +59,8 @@ def test_shipped_registry_loads_and_examples_has_16_prompts():
     registry = load_registry(SHIPPED)
     assert registry.path == SHIPPED
     assert registry.names() == ["examples", "srum_train_comp", "srum_val_comp", "t2i_compbench_val", "miniworld_train",
-                                "srum6k_compbench", "self_rewards"]
-    assert [registry.get(n).kind for n in registry.names()] == ["prompts"] * 5 + ["rewards"] * 2
+                                "wise_culture", "wise_space_time", "wise_science", "srum6k_compbench", "self_rewards"]
+    assert [registry.get(n).kind for n in registry.names()] == ["prompts"] * 8 + ["rewards"] * 2
     assert registry.get("self_rewards").paths == ("judge/rewards.jsonl",)
     assert all(registry.get(n).description for n in registry.names())
     assert registry.resolve("examples") == [REPO / "data" / "prompts" / "examples.jsonl"]
@@ -175,7 +175,8 @@ def test_unknown_name_lists_the_known_ones():
     registry = load_registry(SHIPPED)
     with pytest.raises(ValueError, match=r"unknown dataset 'nope' in registry .*datasets\.yaml; "
                                          r"known: examples, srum_train_comp, srum_val_comp, t2i_compbench_val, miniworld_train, "
-                                         r"srum6k_compbench, self_rewards"):
+                                         r"wise_culture, wise_space_time, wise_science, srum6k_compbench, "
+                                         r"self_rewards"):
         registry.get("nope")
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         registry.resolve("nope")

@@ -5,6 +5,10 @@ Three formats, chosen by extension:
 
 * ``.json``: the reference's array of ``{"Question", "Category", "Question_id"}``
   (``prompt`` / ``category`` / ``id`` accepted too). The id is ``str(Question_id)``.
+  WISE's files (``{"Prompt", "Explanation", "Category", "Subcategory", "prompt_id"}``)
+  read the same way: id ``str(prompt_id)``, category as WISE spells it ("Cultural
+  knowledge", "time", "Space", "Biology", "Physical Knowledge", "Chemistry"), so a WISE
+  domain's file is a training prompt set (the SRUM paper's WISE protocol).
 * ``.txt``: T2I-CompBench, one prompt per line. The category comes from the file name
   (``color_val.txt`` -> ``color``, ``complex_val_action.txt`` -> ``complex_action``,
   ``non_spatial_train.txt`` -> ``non-spatial`` as in the reference JSON), and the id is
@@ -67,9 +71,9 @@ def _first(obj: dict, keys: Sequence[str]):
 def _item_from_object(obj, where: str, default_category: str | None) -> PromptItem:
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
-    prompt = _first(obj, ("prompt", "Question", "original_prompt"))
+    prompt = _first(obj, ("prompt", "Question", "Prompt", "original_prompt"))   # "Prompt": WISE's files
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: no prompt text (expected a non-empty 'prompt' or 'Question')")
+        raise ValueError(f"{where}: no prompt text (expected a non-empty 'prompt', 'Question' or 'Prompt')")
     pid = _first(obj, ("id", "prompt_id", "Question_id"))
     if pid is None or isinstance(pid, bool) or not isinstance(pid, (str, int)):
         raise ValueError(f"{where}: prompt has no id (expected 'id', 'prompt_id' or 'Question_id')")

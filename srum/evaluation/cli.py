@@ -5,6 +5,8 @@
   ``generate`` (images), ``score`` (MLLM judge), ``summarize`` (tables, chart) or ``all``;
 * ``srum eval t2i-reasonbench STEP [--config FILE] [KEY=VALUE ...]``: T2I-ReasonBench's
   prompts (the user's copy), judged against each prompt's question-criterion pairs;
+* ``srum eval wise STEP [--config FILE] [KEY=VALUE ...]``: WISE's knowledge prompts (the
+  user's copy), judged on consistency, realism and aesthetic quality (WiScore);
 * ``srum eval miniworld STEP [--config FILE] [KEY=VALUE ...]``: the miniature world's
   held-out prompts, scored by its exact oracle (same steps and run layout);
 * ``srum eval compare RUN ... --out DIR [--labels ...]``: runs side by side with deltas;
@@ -118,6 +120,18 @@ def cmd_reasonbench(args) -> int:
                      lambda: {"status": _STATUS_OF_CODE[run_reasonbench(args.step, cfg)]})
 
 
+def cmd_wise(args) -> int:
+    from srum.config import load_config
+    from srum.stages.status import run_stage
+
+    from .wise import WiseConfig, run_wise
+    cfg = load_config(WiseConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval wise", cfg, args.step).report()
+    return run_stage("eval wise", lambda: {"status": _STATUS_OF_CODE[run_wise(args.step, cfg)]})
+
+
 def cmd_miniworld(args) -> int:
     from srum.config import load_config
     from srum.miniworld.evaluation import MiniWorldEvalConfig, run_miniworld
@@ -169,7 +183,7 @@ def cmd_geneval_images(args) -> int:
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench and T2I-ReasonBench (MLLM judge), "
+    p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench, T2I-ReasonBench and WISE (MLLM judge), "
                                            "miniature world, GenEval images",
                               description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="eval_command", required=True)
@@ -197,6 +211,20 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    "all": "generate, score and summarize in one go"},
                "srum eval t2i-reasonbench {step} --config configs/eval/t2i_reasonbench.yaml "
                "out_dir=runs/eval/reasonbench/bagel", cmd_reasonbench)
+
+    c = sub.add_parser("wise", help="WISE (1000 world-knowledge prompts, 3 domains): generate, score consistency / "
+                                    "realism / aesthetics with an MLLM judge (WiScore), summarize",
+                       formatter_class=fmt,
+                       description="Example: srum eval wise all --config configs/eval/wise.yaml "
+                                   "model.path=/ckpt/BAGEL-7B-MoT data_dir=/data/WISE/WISE_legacy/data "
+                                   "out_dir=runs/eval/wise/bagel")
+    _add_steps(c, {"generate": "one image per prompt into <out_dir>/images/<prompt_id>.png (WISE's layout)",
+                   "score": "judge every image (consistency, realism, aesthetic quality -> WiScore) into "
+                            "<out_dir>/scores/scores.jsonl",
+                   "summarize": "per-category, per-subcategory and per-domain WiScore, overall, "
+                                "CSV/JSON/markdown/chart into <out_dir>/summary/",
+                   "all": "generate, score and summarize in one go"},
+               "srum eval wise {step} --config configs/eval/wise.yaml out_dir=runs/eval/wise/bagel", cmd_wise)
 
     c = sub.add_parser("miniworld", help="miniature world: held-out prompts, images, exact oracle, summary",
                        formatter_class=fmt,

@@ -125,9 +125,11 @@ def _ask(backend, images, questions, history, cfg, generator):
         return [err] * len(images)
 
 
-def _turn(backend, images, questions, history, parse, cfg, generators) -> list[tuple[Any, list[dict]]]:
+def judge_turn(backend, images, questions, history, parse, cfg, generators) -> list[tuple[Any, list[dict]]]:
     """One turn for every image: greedy together, failures re-asked alone (sampled).
-    Returns ``(parsed value or None, attempts)`` per image."""
+    ``parse(i, answer)`` reads image i's answer or raises ``ParseError``; ``history``: the
+    earlier turns of each image's conversation (None: a fresh one). Returns ``(parsed value
+    or None, attempts)`` per image. Shared by the T2I-ReasonBench and WISE judges."""
     greedy = _ask(backend, images, questions, history, cfg, None)
     out = []
     for i in range(len(images)):
@@ -165,7 +167,7 @@ def score_reasonbench_images(backend, images: Sequence, sections: Sequence[dict[
             raise ParseError("empty description")
         return answer.strip()
 
-    described = _turn(backend, images, [DESCRIBE_QUESTION] * len(images), None, describe, cfg, generators)
+    described = judge_turn(backend, images, [DESCRIBE_QUESTION] * len(images), None, describe, cfg, generators)
     results = [{"status": "ok", "description": d, "sections": {}, "explanation": "", "attempts": {"describe": a}}
                for d, a in described]
     for i, (d, _) in enumerate(described):
@@ -180,7 +182,7 @@ def score_reasonbench_images(backend, images: Sequence, sections: Sequence[dict[
         asked = [sections[i][name] for i, name in zip(todo, names)]
         counts = [num_questions(sec) for sec in asked]
         history = [[(DESCRIBE_QUESTION, results[i]["description"])] for i in todo]
-        turn = _turn(backend, [images[i] for i in todo], [section_question(sec) for sec in asked], history,
+        turn = judge_turn(backend, [images[i] for i in todo], [section_question(sec) for sec in asked], history,
                      lambda j, answer: parse_section_scores(answer, counts[j]), cfg, [generators[i] for i in todo])
         for i, name, (parsed, attempts) in zip(todo, names, turn):
             results[i]["attempts"][name] = attempts

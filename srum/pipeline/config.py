@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..config import MODEL, PATH, ConfigError, load_config
 
+JUDGED_BENCHMARKS = ("compbench", "t2i-reasonbench", "wise")   # eval.benchmark values scored by an MLLM judge
 STAGES = ("generate", "propose", "judge", "train", "export", "eval", "report")
 LAUNCHED = ("generate", "propose", "judge", "train", "eval")   # run under torchrun when several processes
 
@@ -122,19 +123,22 @@ class ExportSpec:
 @dataclass
 class EvalSpec(StageSpec):
     """enabled: evaluate at all. benchmark: which evaluation runs, with ``config`` as its
-    YAML: ``compbench`` (``srum eval compbench all``, an MLLM judge) or ``miniworld``
-    (``srum eval miniworld all``, the miniature world's exact oracle; its prompts come from
-    its own config, so ``data.eval`` must stay empty). baseline: also evaluate the starting
-    model (the table's first row). every_round: evaluate each round's export (false: the
-    last round only). init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's
-    ``judge.model`` when it does not exist (the demo; compbench only)."""
+    YAML: ``compbench``, ``t2i-reasonbench`` or ``wise`` (``srum eval <benchmark>``, an
+    MLLM judge: three launches, generate with ``layout``, score with ``judge_layout``,
+    summarize) or ``miniworld`` (``srum eval miniworld all``, the miniature world's exact
+    oracle). Only compbench takes its prompts from ``data.eval``; the others read their own
+    (the eval config's ``data_dir`` or ``prompts`` section), so ``data.eval`` must stay
+    empty. baseline: also evaluate the starting model (the table's first row).
+    every_round: evaluate each round's export (false: the last round only).
+    init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's ``judge.model``
+    when it does not exist (the demo; the MLLM-judged benchmarks only)."""
 
     enabled: bool = True
-    benchmark: Literal["compbench", "miniworld"] = "compbench"
+    benchmark: Literal["compbench", "t2i-reasonbench", "wise", "miniworld"] = "compbench"
     baseline: bool = True
     every_round: bool = True
     init_tiny_judge: bool = False
-    judge_layout: Layout = field(default_factory=Layout)   # the score step (compbench: the MLLM judge)
+    judge_layout: Layout = field(default_factory=Layout)   # the score step (the MLLM judge)
 
 
 @dataclass
@@ -213,10 +217,12 @@ class PipelineConfig:
         if self.eval.enabled and self.eval.config is None:
             raise ValueError("eval.config: give the evaluation YAML, or set eval.enabled: false")
         if self.eval.enabled and self.eval.benchmark != "compbench" and self.data.eval:
+            own = ("prompts section" if self.eval.benchmark == "miniworld"
+                   else "data_dir, the user's copy of the benchmark")
             raise ValueError(f"data.eval: the {self.eval.benchmark} evaluation takes its prompts from its own config "
-                             "(eval.config's prompts section); leave data.eval empty")
-        if self.eval.init_tiny_judge and self.eval.benchmark != "compbench":
-            raise ValueError("eval.init_tiny_judge: only the compbench evaluation has an MLLM judge")
+                             f"(eval.config's {own}); leave data.eval empty")
+        if self.eval.init_tiny_judge and self.eval.benchmark not in JUDGED_BENCHMARKS:
+            raise ValueError(f"eval.init_tiny_judge: the {self.eval.benchmark} evaluation has no MLLM judge")
         if self.train.layout.gpus_per_process != 1:
             raise ValueError("train.layout.gpus_per_process: training shards with FSDP, one GPU per process")
         for name in ("generate", "propose", "judge", "train", "eval"):

@@ -29,7 +29,7 @@ from ..locking import DirectoryLock
 from ..preflight import Preflight
 from . import state
 from ..stages.status import clear_status, read_status, worst
-from .config import Layout, PipelineConfig
+from .config import JUDGED_BENCHMARKS, Layout, PipelineConfig
 from .launch import run_logged, srum_command, stage_env
 
 
@@ -313,28 +313,55 @@ class Pipeline:
             files, selection = self._datasets(self.cfg.data.eval, "prompts")
             data = merge(data, {"prompts": files, **selection})
         spec = self.cfg.eval
-        if benchmark == "compbench":
+        judged = benchmark in JUDGED_BENCHMARKS
+        if judged:
             # generation and the judge each get their own layout: a 72B judge spans several
             # GPUs per process, so it runs with fewer processes than the generator
             data = merge(data, {"model": {"gpus_per_process": spec.layout.gpus_per_process},
                                 "judge": {"gpus_per_process": spec.judge_layout.gpus_per_process}})
-            steps = [("eval compbench generate", spec.layout), ("eval compbench score", spec.judge_layout),
-                     ("eval compbench summarize", None)]
+            steps = [(f"eval {benchmark} generate", spec.layout), (f"eval {benchmark} score", spec.judge_layout),
+                     (f"eval {benchmark} summarize", None)]
             step_status = ["images", "scores", None]
         else:
             steps, step_status = [(f"eval {benchmark} all", spec.layout)], ["scores"]
-        config = self._checked(eval_config_class(benchmark), data, "eval")
-        if self.preflight is not None and benchmark == "compbench":
-            if not spec.init_tiny_judge:
+        cls = eval_config_class(benchmark)
+        config = self._checked(cls, data, "eval")
+        if benchmark == "wise":
+            self._check_wise_split(build(cls, config))
+        if self.preflight is not None and judged:
+            if config["judge"]["backend"] == "openai":
+                self.preflight.note(f"eval: judge served at {config['judge']['server']['base_url']} (not checked)")
+            elif not spec.init_tiny_judge:
                 self.preflight.model("eval: judge.model", config["judge"]["model"], kind="judge",
                                      gpus_per_process=spec.judge_layout.gpus_per_process)
-            if not self.cfg.data.eval:
+            if benchmark == "compbench" and not self.cfg.data.eval:
                 for prompts in config["prompts"]:
                     self.preflight.file("eval: prompts", prompts)
+            from ..preflight import benchmark_data_problems
+            for text in benchmark_data_problems(benchmark, build(cls, config)):
+                self.preflight.problem(f"eval: {text}")
         plan = StagePlan("eval", out, config, model_inputs,
                          ["summary/summary.json", "summary/summary.md"], self._launched_steps(steps, step_status),
                          status_dirs=["images", "scores"])
         return self.execute(self._plan_commands(plan, steps))
+
+    def _check_wise_split(self, cfg) -> None:
+        """The SRUM paper's WISE protocol trains on one domain's prompts and evaluates on the
+        other two: say so when a prompt file of an evaluated domain is also trained on (the
+        evaluation would then measure seen prompts). A note in a dry run, a warning otherwise."""
+        from ..evaluation.wise import DOMAINS
+        trained = set()
+        for name in self.cfg.data.generate:
+            if name in self.registry:
+                trained.update(Path(p).name for p in self.registry.resolve(name, self.run_dir, must_exist=False))
+        overlap = [d for d in cfg.domains if any(f.startswith(DOMAINS[d].file_stem) for f in trained)]
+        if overlap:
+            text = (f"eval: WISE domain(s) {', '.join(overlap)} are both trained on (data.generate) and evaluated "
+                    "(eval domains); the paper's protocol evaluates the other domains only (eval.overrides.domains)")
+            if self.preflight is not None:
+                self.preflight.note(text)
+            else:
+                print(f"warning: {text}", flush=True)
 
     def _launch_plan(self, name: str, out: Path, config: dict, inputs: dict, outputs: list[str]) -> StagePlan:
         """A stage run as one ``srum <name>`` launch with its layout; it writes its status in ``out``."""
@@ -458,10 +485,17 @@ def eval_config_class(benchmark: str):
     if benchmark == "compbench":
         from ..evaluation.compbench import CompBenchConfig
         return CompBenchConfig
+    if benchmark == "t2i-reasonbench":
+        from ..evaluation.reasonbench import ReasonBenchConfig
+        return ReasonBenchConfig
+    if benchmark == "wise":
+        from ..evaluation.wise import WiseConfig
+        return WiseConfig
     if benchmark == "miniworld":
         from ..miniworld.evaluation import MiniWorldEvalConfig
         return MiniWorldEvalConfig
-    raise ConfigError(f"eval.benchmark: unknown benchmark {benchmark!r} (compbench or miniworld)")
+    raise ConfigError(f"eval.benchmark: unknown benchmark {benchmark!r} (compbench, t2i-reasonbench, wise or "
+                      "miniworld)")
 
 
 def write_round_report(out: Path, config: dict, title: str) -> int:
