@@ -275,7 +275,8 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
         pf.file("prompts", path)
     for field_name in ("images", "regions", "metadata"):
         if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(("eval compbench",
-                                                                                    "eval t2i-reasonbench")):
+                                                                                    "eval t2i-reasonbench",
+                                                                                    "eval geneval")):
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam
@@ -287,6 +288,9 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     if name == "train":
         for rewards in cfg.data.rewards:
             pf.file("data.rewards", rewards)
+    if name == "eval geneval":   # GenEval's own scorer, in its own environment
+        from srum.evaluation.geneval_score import check_geneval_setup
+        check_geneval_setup(pf, cfg)
     judged = name in ("eval compbench", "eval t2i-reasonbench") and step in ("score", "all")
     if name == "eval t2i-reasonbench":
         if not (Path(cfg.data_dir).expanduser() / "prompts").is_dir():
