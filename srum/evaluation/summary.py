@@ -17,7 +17,8 @@ Arithmetic (the protocol SRUM reports):
 
 Files of :func:`write_summary`: ``results.csv`` (one row per image), ``summary.json``,
 ``summary.md`` and ``scores.png`` (bar chart). :func:`compare_runs` puts several runs
-side by side with deltas against the first (``compare.{json,csv,md,png}``).
+side by side with deltas against the first of the same mode, direct or CoT
+(``compare.{json,csv,md,png}``).
 """
 from __future__ import annotations
 
@@ -323,7 +324,11 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     default) a T2I-CompBench comparison also lists the SRUM paper's reported rows
     (:mod:`srum.evaluation.paper`; ``paper`` key of the JSON, ``paper`` rows of the CSV, a
     second table in the Markdown); then a single run is enough. A benchmark's own table may
-    carry its paper rows too (``table["paper"]``: ``source``, ``rows``; e.g. T2I-ReasonBench)."""
+    carry its paper rows too (``table["paper"]``: ``source``, ``rows``; e.g. T2I-ReasonBench).
+
+    Modes: a run whose summary records ``think: true`` is a CoT run, labelled "<label> (CoT)"
+    as in the paper's Table 1, and its deltas are against the first CoT run, never against a
+    direct one (each mode has its own base; :func:`run_mode`)."""
     if len(sources) < (1 if paper else 2):
         raise ValueError("compare needs at least two runs (or one, with the paper's rows)")
     if labels is not None and len(labels) != len(sources):
