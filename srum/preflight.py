@@ -274,9 +274,8 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     for path in prompts if draws and isinstance(prompts, list) else []:
         pf.file("prompts", path)
     for field_name in ("images", "regions", "metadata"):
-        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(("eval compbench",
-                                                                                    "eval t2i-reasonbench",
-                                                                                    "eval geneval")):
+        own_checks = name.startswith(("eval compbench", "eval t2i-reasonbench")) or name == "eval geneval"
+        if isinstance(getattr(cfg, field_name, None), str) and not own_checks:
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam

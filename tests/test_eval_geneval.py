@@ -191,7 +191,8 @@ def test_dry_run_checks_the_evaluator_paths(setup, tmp_path, capsys):
         (stubs / module / "__init__.py").write_text("")
     common = [f"images={cfg.images}", f"out_dir={cfg.out_dir}", f"evaluator.python={cfg.evaluator.python}",
               f"evaluator.repo={cfg.evaluator.repo}", f"evaluator.env={{PYTHONPATH: {stubs}}}"]
-    assert main(["eval", "geneval", "--dry-run", *common, f"evaluator.detector_path={cfg.evaluator.detector_path}"]) == 0
+    detector = f"evaluator.detector_path={cfg.evaluator.detector_path}"
+    assert main(["eval", "geneval", "--dry-run", *common, detector]) == 0
     out = capsys.readouterr().out
     assert "evaluation/evaluate_images.py" in out and "--model-path" in out and "no problem found" in out
     code = main(["eval", "geneval", "--dry-run", *common[:3], f"evaluator.repo={tmp_path / 'no-repo'}",

@@ -161,13 +161,17 @@ def run_evaluator(cfg: GenEvalScoreConfig, scores: Path, keys: list[str]) -> tup
             and (read_status(scores) or {}).get("status") in ("complete", "incomplete")):
         return results, False
     ev = cfg.evaluator
-    missing = [f"{label}: {p}" for label, p in (("evaluator.repo", Path(ev.repo or "") / EVALUATOR_SCRIPT),
-                                                ("evaluator.detector_path", ev.detector_file()))
-               if not (ev.repo and ev.detector_path and p.is_file())]
+    missing = []
     if not ev.python or not (shutil.which(ev.python) or Path(ev.python).is_file()):
-        missing.insert(0, f"evaluator.python: {ev.python!r} (the GenEval environment's python)")
+        missing.append(f"evaluator.python: {ev.python!r} (the GenEval environment's python) not found")
+    for label, value, needed in (("evaluator.repo", ev.repo, Path(ev.repo or "") / EVALUATOR_SCRIPT),
+                                 ("evaluator.detector_path", ev.detector_path, ev.detector_file())):
+        if not value:
+            missing.append(f"{label}: not set")
+        elif not needed.is_file():
+            missing.append(f"{label}: {needed} not found")
     if missing:
-        raise StageFailure("GenEval evaluator not set up: " + "; ".join(f"{m} not found" for m in missing)
+        raise StageFailure("GenEval evaluator not set up: " + "; ".join(missing)
                            + " (EVAL.md, \"GenEval\": setting up its environment)")
     partial = scores / "results.partial.jsonl"
     partial.unlink(missing_ok=True)

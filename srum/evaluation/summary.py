@@ -166,7 +166,7 @@ def summarize_scores(rows: Sequence[dict]) -> dict:
 
 def table_values(summary: dict) -> dict[str, float | None]:
     """The README table row of a summary: its 8 columns and the overall."""
-    values = {c: (summary.get(COMPOSITE) if c == COMPOSITE else summary["categories"].get(c, {}).get("mean"))
+    values = {c: (summary.get(COMPOSITE) if c == COMPOSITE else summary.get("categories", {}).get(c, {}).get("mean"))
               for c in TABLE_COLUMNS}
     values["overall"] = summary.get("overall")
     return values
