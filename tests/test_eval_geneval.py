@@ -120,6 +120,10 @@ def test_scores_by_hand_and_resume(setup):
     assert "| 1.00 | 0.50 | 0.00 | 0.50 | 1.00 | 0.50 | 0.58 |" in md
     with open(run / "summary" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 12
+    # the chart's axis is 0-1: single_object's 1.00 reaches the top of the plot (one series:
+    # plot top at y=74, its first bar spans x=58..116)
+    chart = Image.open(run / "summary" / "scores.png").convert("RGB")
+    assert chart.getpixel((60, 80)) == (76, 114, 176) and chart.getpixel((60, 66)) == (255, 255, 255)
     # a rerun with the same images and command keeps the results (the evaluator is not run again)
     again = run_geneval_score(cfg)
     assert len(_calls(repo)) == 1 and again["overall"] == pytest.approx(EXPECTED_OVERALL)

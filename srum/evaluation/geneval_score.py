@@ -245,12 +245,15 @@ def geneval_scores(rows: list[dict]) -> dict:
     as the mean over tasks (null when a GenEval task is absent), and the fractions of correct
     images and of prompts with at least one correct image."""
     tasks: dict[str, dict] = {}
-    for r in rows:   # first-seen order, as summary_scores.py's groupby(sort=False)
+    for r in rows:
         t = tasks.setdefault(r["tag"], {"num_images": 0, "num_correct": 0})
         t["num_images"] += 1
         t["num_correct"] += int(r["correct"])
     for t in tasks.values():
         t["accuracy"] = t["num_correct"] / t["num_images"]
+    # shown in GenEval's column order (the overall, a mean over tasks, does not depend on it)
+    tasks = {**{tag: tasks[tag] for tag in GENEVAL_TASKS if tag in tasks},
+             **{tag: t for tag, t in tasks.items() if tag not in GENEVAL_TASKS}}
     missing_tasks = [t for t in GENEVAL_TASKS if t not in tasks]
     prompts: dict[str, bool] = {}
     for r in rows:
@@ -337,7 +340,10 @@ def run_geneval_score(cfg: GenEvalScoreConfig) -> dict:
                   "values": values, "axis_max": 1.0,
                   "note": "Scores are fractions of images judged correct by GenEval's own detector-based "
                           "scorer; overall = mean of the six task scores.",
-                  "paper": {"source": GENEVAL_PAPER, "rows": GENEVAL_PAPER_ROWS}},
+                  "paper": {"source": GENEVAL_PAPER, "rows": GENEVAL_PAPER_ROWS,
+                            "note": "The paper does not name the scorer of its Table 3; its Bagel row differs from "
+                                    "the Bagel report's GenEval numbers in Color attr. (0.82 vs 0.63): compare our "
+                                    "runs with each other first (EVAL.md, \"GenEval\")."}},
     }
     if extra_tasks:
         summary["table"]["note"] += f" Also in the results (and in the overall): {', '.join(extra_tasks)}."
@@ -346,7 +352,7 @@ def run_geneval_score(cfg: GenEvalScoreConfig) -> dict:
     atomic_write_text(target / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(target / "summary.md", markdown_summary(summary))
     bar_chart({summary["title"]: values}, [*GENEVAL_TASKS, "overall"], target / "scores.png", summary["title"],
-              TASK_HEADERS, top=1.0)
+              TASK_HEADERS, axis_max=1.0)
     write_status(scores, status, summary["reason"], num_items=len(keys), num_ok=len(rows),
                  num_missing=n_missing, num_errors=n_bad)
     return summary

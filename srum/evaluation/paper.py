@@ -24,7 +24,9 @@ _ROWS = {
 PAPER_ROWS: dict[str, dict[str, float]] = {label: dict(zip(_COLUMNS, values)) for label, values in _ROWS.items()}
 
 # The paper's GenEval rows (its Table 3; GenEval's own detector-based scorer, fractions of
-# images judged correct, 0-1). The paper gives no overall and no CoT rows for GenEval.
+# images judged correct, 0-1). The paper gives no overall and no CoT rows for GenEval, and
+# does not name the scorer: its Bagel row matches the Bagel report's GenEval numbers except
+# Color attr. (0.82 here, 0.63 there); EVAL.md, "GenEval".
 GENEVAL_PAPER = "SRUM paper (arXiv 2510.12784), Table 3 (GenEval)"
 _GENEVAL_COLUMNS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 _GENEVAL_ROWS = {

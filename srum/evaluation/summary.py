@@ -410,11 +410,13 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                   "|---|" + "|".join("---:" for _ in cols) + "|"]
         lines += [f"| {label} | " + " | ".join(_fmt(values.get(c)) for c in cols) + " |"
                   for label, values in result["paper"]["rows"].items()]
-        lines += ["", "Same protocol, our rubric wording: close, not identical, numbers are expected "
-                      "(EVAL.md, \"Checking a set-up against the paper\")."]
+        lines += ["", result["paper"].get("note") or ("Same protocol, our rubric wording: close, not identical, "
+                                                       "numbers are expected (EVAL.md, \"Checking a set-up against "
+                                                       "the paper\").")]
     atomic_write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
     bar_chart({r["label"]: r["values"] for r in runs}, cols, out_dir / "compare.png",
-              f"{name} comparison ({base_text})", headers, top=float(own.get("axis_max", 100.0)) if own else 100.0)
+              f"{name} comparison ({base_text})", headers,
+              axis_max=float(own.get("axis_max", 100.0)) if own else 100.0)
     return result
 
 
@@ -423,8 +425,8 @@ _COLORS = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 
 
 
 def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str], path: str | os.PathLike,
-              title: str, headers: dict[str, str] | None = None, top: float = 100.0) -> None:
-    """Grouped bars: one group per column, one bar per series, on a fixed 0-``top`` axis
+              title: str, headers: dict[str, str] | None = None, axis_max: float = 100.0) -> None:
+    """Grouped bars: one group per column, one bar per series, on a fixed 0-``axis_max`` axis
     (100 for percentages; 1 for GenEval's fractions; missing values drawn as "n/a").
     Written atomically as PNG. ``headers``: column labels (default: the CompBench table's)."""
     headers = TABLE_HEADERS if headers is None else headers
@@ -454,7 +456,7 @@ def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str]
     for tick in range(0, 101, 20):
         y = y0 - tick * plot_h / 100
         draw.line([left, y, width - right, y], fill=(225, 225, 225))
-        draw.text((left - 8, y), f"{tick * top / 100:g}", fill="black", font=small, anchor="rm")
+        draw.text((left - 8, y), f"{tick * axis_max / 100:g}", fill="black", font=small, anchor="rm")
     draw.line([left, top, left, y0], fill="black")
     draw.line([left, y0, width - right, y0], fill="black")
     bar_w = (group_w - 16) / n
@@ -466,10 +468,10 @@ def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str]
             if value is None:
                 draw.text((x1 + bar_w / 2, y0 - 4), "n/a", fill="gray", font=small, anchor="mb")
                 continue
-            y = y0 - max(0.0, min(top, value)) * plot_h / top
+            y = y0 - max(0.0, min(axis_max, value)) * plot_h / axis_max
             draw.rectangle([x1, y, x1 + bar_w - 2, y0], fill=_COLORS[i % len(_COLORS)])
             if bar_w >= 22:
-                draw.text((x1 + bar_w / 2, y - 2), f"{value:.1f}" if top > 10 else f"{value:.2f}", fill="black",
+                draw.text((x1 + bar_w / 2, y - 2), f"{value:.1f}" if axis_max > 10 else f"{value:.2f}", fill="black",
                           font=small, anchor="mb")
         draw.text((gx + (group_w - 16) / 2, y0 + 8), headers.get(column, column), fill="black", font=normal,
                   anchor="ma")
