@@ -232,8 +232,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="put two or more runs side by side, deltas against the first",
                        description="Example: srum eval compare runs/eval/bagel runs/eval/bagel_srum "
-                                   "--labels Bagel Bagel+SRUM --out runs/eval/compare", formatter_class=fmt)
-    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); first = base")
+                                   "--labels Bagel Bagel+SRUM --out runs/eval/compare\n\nA run drawn in think mode "
+                                   "(its summary's think: true) is labelled '<label> (CoT)', as the paper's Table 1, "
+                                   "and its deltas are against the first CoT run: modes are never mixed.",
+                       formatter_class=fmt)
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); the first of each mode (direct, CoT) = its base")
     c.add_argument("--out", required=True, help="folder for compare.{md,json,csv,png}")
     c.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
     c.add_argument("--no-paper", action="store_true",

@@ -123,9 +123,9 @@ def scored_images(images: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def evaluator_command(cfg: GenEvalScoreConfig, outfile: Path) -> list[str]:
-    ev = cfg.evaluator
-    cmd = [str(ev.python), str(Path(ev.repo or "") / EVALUATOR_SCRIPT), str(cfg.images), "--outfile", str(outfile),
-           "--model-path", str(ev.detector_path)]
+    ev = cfg.evaluator   # unset fields show as <evaluator.field> (a dry run prints the command)
+    cmd = [ev.python or "<evaluator.python>", str(Path(ev.repo or "<evaluator.repo>") / EVALUATOR_SCRIPT),
+           str(cfg.images), "--outfile", str(outfile), "--model-path", ev.detector_path or "<evaluator.detector_path>"]
     if ev.model_config:
         cmd += ["--model-config", str(ev.model_config)]
     if ev.options:
