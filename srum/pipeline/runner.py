@@ -29,11 +29,11 @@ from ..locking import DirectoryLock
 from ..preflight import Preflight
 from . import state
 from ..stages.status import clear_status, read_status, worst
+from ..evaluation.summary import COT_SUFFIX   # a think run's label, as `srum eval compare` writes it
 from .config import Layout, PipelineConfig
 from .launch import run_logged, srum_command, stage_env
 
 
-COT_SUFFIX = " (CoT)"                               # as srum.evaluation.summary labels a think run
 EVAL_DIRS = {"direct": "eval", "think": "eval-think"}   # eval.modes -> the folder in baseline/ and round-NN/
 
 
