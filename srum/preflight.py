@@ -288,7 +288,8 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     for path in prompts if draws and isinstance(prompts, list) else []:
         pf.file("prompts", path)
     for field_name in ("images", "regions", "metadata"):
-        if isinstance(getattr(cfg, field_name, None), str) and not name.startswith(JUDGED_EVALS):
+        own_checks = name.startswith(JUDGED_EVALS) or name == "eval geneval"
+        if isinstance(getattr(cfg, field_name, None), str) and not own_checks:
             pf.file(field_name, getattr(cfg, field_name))
     if name == "propose":
         sam = cfg.proposals.sam
@@ -300,6 +301,9 @@ def check_stage(name: str, cfg, step: str | None = None) -> Preflight:
     if name == "train":
         for rewards in cfg.data.rewards:
             pf.file("data.rewards", rewards)
+    if name == "eval geneval":   # GenEval's own scorer, in its own environment
+        from srum.evaluation.geneval_score import check_geneval_setup
+        check_geneval_setup(pf, cfg)
     judged = name in JUDGED_EVALS and step in ("score", "all")
     for text in benchmark_data_problems(name.removeprefix("eval "), cfg):
         pf.problem(text)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Benchmark evaluation: T2I-CompBench, T2I-ReasonBench and WISE with an MLLM judge, GenEval image generation.
+"""Benchmark evaluation: T2I-CompBench, T2I-ReasonBench and WISE with an MLLM judge, GenEval image generation and scoring.
 
 * :mod:`srum.evaluation.compbench`: images for the T2I-CompBench val prompts in a
   ``<category>/<id>[_<k>].png`` layout, and an export to the official
@@ -16,5 +16,7 @@
   aesthetic-quality judge, WiScore per category, subcategory, domain and overall;
 * :mod:`srum.evaluation.geneval`: images for GenEval's ``evaluation_metadata.jsonl`` in
   the folder layout its detector-based scorer reads;
+* :mod:`srum.evaluation.geneval_score`: that scorer run in the user's GenEval environment,
+  its ``results.jsonl`` summarized per task as ``summary_scores.py`` does;
 * :mod:`srum.evaluation.cli`: ``srum eval ...``.
 """

@@ -11,7 +11,9 @@
   held-out prompts, scored by its exact oracle (same steps and run layout);
 * ``srum eval compare RUN ... --out DIR [--labels ...]``: runs side by side with deltas;
 * ``srum eval official-layout RUN_OR_MANIFEST --out DIR``: T2I-CompBench's own layout;
-* ``srum eval geneval-images [--config FILE] [KEY=VALUE ...]``: GenEval images.
+* ``srum eval geneval-images [--config FILE] [KEY=VALUE ...]``: GenEval images;
+* ``srum eval geneval [--config FILE] [KEY=VALUE ...]``: GenEval's own evaluator on them
+  (run in the user's GenEval environment), per-task scores in our summary format.
 """
 from __future__ import annotations
 
@@ -180,11 +182,30 @@ def cmd_geneval_images(args) -> int:
     return 0 if summary.get("complete", True) else 1
 
 
+def cmd_geneval(args) -> int:
+    from srum.config import load_config
+    from srum.stages.status import run_stage
+
+    from .geneval_score import GenEvalScoreConfig, run_geneval_score
+    cfg = load_config(GenEvalScoreConfig, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from srum.preflight import check_stage
+        return check_stage("eval geneval", cfg).report()
+
+    def body() -> dict:
+        summary = run_geneval_score(cfg)
+        print(json.dumps({"overall": summary["overall"], **summary["table"]["values"],
+                          "num_scored": summary["num_scored"], "num_missing": summary["num_missing"]}))
+        print(f"srum eval geneval: wrote {Path(cfg.out_dir) / 'summary'}/summary.md", file=sys.stderr)
+        return {"status": summary["status"]}
+    return run_stage("eval geneval", body)
+
+
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``srum eval`` and its sub-commands on ``subparsers`` (of ``srum``)."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("eval", help="benchmark evaluation: T2I-CompBench, T2I-ReasonBench and WISE (MLLM judge), "
-                                           "miniature world, GenEval images",
+                                           "miniature world, GenEval (images, official scorer)",
                               description=__doc__, formatter_class=fmt)
     sub = p.add_subparsers(dest="eval_command", required=True)
 
@@ -239,8 +260,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="put two or more runs side by side, deltas against the first",
                        description="Example: srum eval compare runs/eval/bagel runs/eval/bagel_srum "
-                                   "--labels Bagel Bagel+SRUM --out runs/eval/compare", formatter_class=fmt)
-    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); first = base")
+                                   "--labels Bagel Bagel+SRUM --out runs/eval/compare\n\nA run drawn in think mode "
+                                   "(its summary's think: true) is labelled '<label> (CoT)', as the paper's Table 1, "
+                                   "and its deltas are against the first CoT run: modes are never mixed.",
+                       formatter_class=fmt)
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or summary.json files); the first of each mode (direct, CoT) = its base")
     c.add_argument("--out", required=True, help="folder for compare.{md,json,csv,png}")
     c.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
     c.add_argument("--no-paper", action="store_true",
@@ -263,4 +287,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                        formatter_class=fmt)
     _config_args(c)
     c.set_defaults(func=cmd_geneval_images)
+
+    c = sub.add_parser("geneval", help="score GenEval images with GenEval's own evaluator (in its environment), "
+                                       "summarize per task",
+                       description="Example: srum eval geneval --config configs/eval/geneval.yaml "
+                                   "images=runs/geneval/bagel/images out_dir=runs/geneval/bagel "
+                                   "evaluator.python=/opt/conda/envs/geneval/bin/python evaluator.repo=/src/geneval "
+                                   "evaluator.detector_path=/models/geneval-detector",
+                       formatter_class=fmt)
+    _config_args(c)
+    c.set_defaults(func=cmd_geneval)
     return p

@@ -14,7 +14,8 @@ The scorer takes every file inside ``samples/``, so temporary files are written 
 where the scorer ignores anything that is not a folder with a numeric name.
 
 Image ``k`` of line ``index`` is drawn from :func:`~srum.stages.generate.image_seed`
-``(seed, "geneval_<index:05d>", k)``: independent of ranks and batching. Defaults follow
+``(seed, "geneval_<index:05d>", k)``: independent of ranks and batching. ``srum eval
+geneval`` (:mod:`srum.evaluation.geneval_score`) then runs GenEval's scorer on the folder. Defaults follow
 Bagel's GenEval script: 4 images per prompt, 1024x1024, 50 steps, text CFG 4.0 over the
 whole trajectory (``cfg_interval [0, 1]``), timestep shift 3.0, no thinking.
 """
@@ -137,7 +138,8 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
         prompt, k = jobs[i]
         return {"image_id": drawn.key, "index": prompt.index, "sample_index": k, "image_file": drawn.image_file,
                 "prompt": prompt.prompt, "tag": prompt.metadata.get("tag"), "seed": drawn.seed,
-                "width": drawn.image.width, "height": drawn.image.height, "think_output": drawn.thought,
+                "width": drawn.image.width, "height": drawn.image.height, "think": cfg.sampling.think,
+                "think_output": drawn.thought,
                 "model": str(cfg.model.path), "sampling": sampling}
 
     process = image_batch_processor(lazy_model(cfg.model, info), cfg.sampling, keys, [p.prompt for p, _ in jobs],
@@ -145,9 +147,9 @@ def run_geneval_images(cfg: GenEvalConfig) -> dict:
                                     save=save, row=row)
 
     def summarize(rows: list[dict]) -> dict:
-        return {"num_prompts": len(prompts), "num_images_per_prompt": n,
-                "scorer": f"python evaluation/evaluate_images.py {out_dir} --outfile <results>/results.jsonl "
-                          "--model-path <OBJECT_DETECTOR_FOLDER>"}
+        return {"num_prompts": len(prompts), "num_images_per_prompt": n, "think": cfg.sampling.think,
+                "scorer": f"srum eval geneval images={out_dir} out_dir=<run dir> (GenEval's "
+                          "evaluation/evaluate_images.py in its own environment)"}
 
     return run_items("eval geneval-images", out, process, batch_size=cfg.batch_size, info=info, config=cfg,
                      retry_errors=cfg.retry_errors, summarize=summarize, input_errors=input_errors,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The SRUM paper's T2I-CompBench rows (MLLM judge, 0-100), as reported, for side-by-side
+"""The SRUM paper's T2I-CompBench rows (MLLM judge, 0-100) and GenEval rows (0-1), as reported, for side-by-side
 reading in ``srum eval compare``: a set-up that evaluates the published
 ``Wayne-King/SRUM_BAGEL_7B_MoT`` should land near the "Bagel+SRUM" row (EVAL.md,
 "Checking a set-up against the paper").
@@ -22,3 +22,17 @@ _ROWS = {
     "Bagel+SRUM (CoT)": (88.60, 92.90, 91.31, 90.48, 80.12, 84.47, 89.93, 89.15, 88.37),
 }
 PAPER_ROWS: dict[str, dict[str, float]] = {label: dict(zip(_COLUMNS, values)) for label, values in _ROWS.items()}
+
+# The paper's GenEval rows (its Table 3; GenEval's own detector-based scorer, fractions of
+# images judged correct, 0-1). The paper gives no overall and no CoT rows for GenEval, and
+# does not name the scorer: its Bagel row matches the Bagel report's GenEval numbers except
+# Color attr. (0.82 here, 0.63 there); EVAL.md, "GenEval".
+GENEVAL_PAPER = "SRUM paper (arXiv 2510.12784), Table 3 (GenEval)"
+_GENEVAL_COLUMNS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+_GENEVAL_ROWS = {
+    "Bagel": (0.99, 0.94, 0.81, 0.88, 0.64, 0.82),
+    "Bagel+SFT": (0.96, 0.94, 0.79, 0.92, 0.59, 0.78),
+    "Bagel+SRUM": (0.98, 0.94, 0.83, 0.90, 0.64, 0.83),
+}
+GENEVAL_PAPER_ROWS: dict[str, dict[str, float | None]] = {
+    label: {**dict(zip(_GENEVAL_COLUMNS, values)), "overall": None} for label, values in _GENEVAL_ROWS.items()}

@@ -17,7 +17,8 @@ Arithmetic (the protocol SRUM reports):
 
 Files of :func:`write_summary`: ``results.csv`` (one row per image), ``summary.json``,
 ``summary.md`` and ``scores.png`` (bar chart). :func:`compare_runs` puts several runs
-side by side with deltas against the first (``compare.{json,csv,md,png}``).
+side by side with deltas against the first of the same mode, direct or CoT
+(``compare.{json,csv,md,png}``).
 """
 from __future__ import annotations
 
@@ -165,7 +166,7 @@ def summarize_scores(rows: Sequence[dict]) -> dict:
 
 def table_values(summary: dict) -> dict[str, float | None]:
     """The README table row of a summary: its 8 columns and the overall."""
-    values = {c: (summary.get(COMPOSITE) if c == COMPOSITE else summary["categories"].get(c, {}).get("mean"))
+    values = {c: (summary.get(COMPOSITE) if c == COMPOSITE else summary.get("categories", {}).get(c, {}).get("mean"))
               for c in TABLE_COLUMNS}
     values["overall"] = summary.get("overall")
     return values
@@ -277,6 +278,28 @@ def load_run_summary(source: str | os.PathLike) -> dict:
     raise FileNotFoundError(f"{source}: no summary.json and no scores/scores.jsonl")
 
 
+COT_SUFFIX = " (CoT)"
+
+
+def run_mode(summary: dict, source) -> str:
+    """``"think"`` (CoT) or ``"direct"``: how a run's images were drawn, from the ``think``
+    its summary records. A run that records none (an older summary, a reference CSV) is
+    direct, the evaluations' default. A run whose images mix both cannot stand for either
+    mode: refused, naming it."""
+    think = str((summary.get("run") or {}).get("think") or "").strip().lower()
+    if think in ("", "none", "false"):
+        return "direct"
+    if think == "true":
+        return "think"
+    raise ValueError(f"{source}: its images mix think modes (think: {think}); evaluate each mode into its own "
+                     "run directory (sampling.think=true for the CoT one)")
+
+
+def mode_label(label: str, mode: str) -> str:
+    """The paper's Table 1 names a CoT row "<model> (CoT)"; a direct row keeps its name."""
+    return label if mode != "think" or label.endswith(COT_SUFFIX) else label + COT_SUFFIX
+
+
 def _own_table(summaries: list[dict]) -> dict | None:
     """The benchmark's own table (``summary["table"]``: ``name``, ``columns``, ``headers``,
     ``values``, ``note``) when every run has one with the same name and columns, else None
@@ -301,32 +324,46 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     default) a T2I-CompBench comparison also lists the SRUM paper's reported rows
     (:mod:`srum.evaluation.paper`; ``paper`` key of the JSON, ``paper`` rows of the CSV, a
     second table in the Markdown); then a single run is enough. A benchmark's own table may
-    carry its paper rows too (``table["paper"]``: ``source``, ``rows``; e.g. T2I-ReasonBench)."""
+    carry its paper rows too (``table["paper"]``: ``source``, ``rows``; e.g. T2I-ReasonBench).
+
+    Modes: a run whose summary records ``think: true`` is a CoT run, labelled "<label> (CoT)"
+    as in the paper's Table 1, and its deltas are against the first CoT run, never against a
+    direct one (each mode has its own base; :func:`run_mode`)."""
     if len(sources) < (1 if paper else 2):
         raise ValueError("compare needs at least two runs (or one, with the paper's rows)")
     if labels is not None and len(labels) != len(sources):
         raise ValueError(f"{len(labels)} labels for {len(sources)} runs")
     labels = list(labels) if labels else [Path(s).resolve().name or str(s) for s in sources]
+    summaries = [load_run_summary(source) for source in sources]
+    # CoT runs are labelled as the paper's rows are, and compared only with CoT runs: the
+    # first run of each mode is that mode's base (deltas never cross modes)
+    modes = [run_mode(summary, source) for source, summary in zip(sources, summaries)]
+    labels = [mode_label(label, mode) for label, mode in zip(labels, modes)]
     if len(set(labels)) != len(labels):
         labels = [f"{i + 1}:{lab}" for i, lab in enumerate(labels)]
-    summaries = [load_run_summary(source) for source in sources]
+    bases: dict[str, str] = {}
+    for label, mode in zip(labels, modes):
+        bases.setdefault(mode, label)
     own = _own_table(summaries)
     cols = list(own["columns"]) if own else [*TABLE_COLUMNS, "overall"]
     headers = {**TABLE_HEADERS, **own.get("headers", {})} if own else TABLE_HEADERS
     name = own.get("name", "Evaluation") if own else "T2I-CompBench"
     runs = []
-    for label, source, summary in zip(labels, sources, summaries):
+    for label, mode, source, summary in zip(labels, modes, sources, summaries):
         values = dict(summary["table"]["values"]) if own else table_values(summary)
-        runs.append({"label": label, "source": str(source), "values": {c: values.get(c) for c in cols},
-                     "overall_8cat": summary.get("overall_8cat"), "num_scored": summary.get("num_scored"),
-                     "num_failed": summary.get("num_failed")})
-    base = runs[0]["values"]
-    for run in runs[1:]:
+        runs.append({"label": label, "mode": mode, "base": bases[mode], "source": str(source),
+                     "values": {c: values.get(c) for c in cols}, "overall_8cat": summary.get("overall_8cat"),
+                     "num_scored": summary.get("num_scored"), "num_failed": summary.get("num_failed")})
+    base_values = {run["label"]: run["values"] for run in runs if run["label"] in bases.values()}
+    for run in runs:
+        if run["label"] == run["base"]:
+            continue
+        base = base_values[run["base"]]
         run["delta"] = {c: (None if run["values"][c] is None or base[c] is None else run["values"][c] - base[c])
                         for c in cols}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "columns": cols, "base": labels[0], "runs": runs}
+    result = {"benchmark": name, "columns": cols, "base": labels[0], "bases": bases, "runs": runs}
     if paper and not own:
         from .paper import PAPER, PAPER_ROWS
         result["paper"] = {"source": PAPER, "rows": PAPER_ROWS}
@@ -342,14 +379,15 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
         writer.writerow([run["label"], "score", *("" if run["values"][c] is None else f"{run['values'][c]:.4f}"
                                                    for c in cols), run["num_scored"], run["num_failed"]])
         if "delta" in run:
-            writer.writerow([run["label"], f"delta vs {labels[0]}",
+            writer.writerow([run["label"], f"delta vs {run['base']}",
                              *("" if run["delta"][c] is None else f"{run['delta'][c]:+.4f}" for c in cols), "", ""])
     for label, values in (result.get("paper") or {}).get("rows", {}).items():
         writer.writerow([f"paper: {label}", "paper", *("" if values.get(c) is None else f"{values[c]:.2f}"
                                                        for c in cols), "", ""])
     atomic_write_text(out_dir / "compare.csv", buf.getvalue())
 
-    lines = [f"# {name} comparison (base: {labels[0]})", "",
+    base_text = "; ".join(f"{'CoT ' if m == 'think' and len(bases) > 1 else ''}base: {b}" for m, b in bases.items())
+    lines = [f"# {name} comparison ({base_text})", "",
              "| run | " + " | ".join(headers.get(c, c) for c in cols) + " | scored | failed |",
              "|---|" + "|".join("---:" for _ in cols) + "|---:|---:|"]
     for run in runs:
@@ -362,18 +400,23 @@ def compare_runs(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLik
         lines.append(f"| {run['label']} | " + " | ".join(cells) + f" | {run['num_scored']} | {run['num_failed']} |")
     note = own.get("note") if own else ("Overall: the reference formula (7 base categories + complex composite, "
                                         "/ 8).")
-    lines += ["", "Deltas in parentheses are against the first run." + (f" {note}" if note else "")]
+    against = ("the first run" if len(bases) == 1 else
+               "the first run of the same mode (" + ", ".join(f"{'CoT' if m == 'think' else 'direct'}: {b}"
+                                                              for m, b in bases.items()) + ")")
+    lines += ["", f"Deltas in parentheses are against {against}." + (f" {note}" if note else "")]
     if "paper" in result:
         lines += ["", f"## Reported in the paper ({result['paper']['source']})", "",
                   "| model | " + " | ".join(headers.get(c, c) for c in cols) + " |",
                   "|---|" + "|".join("---:" for _ in cols) + "|"]
         lines += [f"| {label} | " + " | ".join(_fmt(values.get(c)) for c in cols) + " |"
                   for label, values in result["paper"]["rows"].items()]
-        lines += ["", "Same protocol, our rubric wording: close, not identical, numbers are expected "
-                      "(EVAL.md, \"Checking a set-up against the paper\")."]
+        lines += ["", result["paper"].get("note") or ("Same protocol, our rubric wording: close, not identical, "
+                                                       "numbers are expected (EVAL.md, \"Checking a set-up against "
+                                                       "the paper\").")]
     atomic_write_text(out_dir / "compare.md", "\n".join(lines) + "\n")
     bar_chart({r["label"]: r["values"] for r in runs}, cols, out_dir / "compare.png",
-              f"{name} comparison (base: {labels[0]})", headers)
+              f"{name} comparison ({base_text})", headers,
+              axis_max=float(own.get("axis_max", 100.0)) if own else 100.0)
     return result
 
 
@@ -382,10 +425,10 @@ _COLORS = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 
 
 
 def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str], path: str | os.PathLike,
-              title: str, headers: dict[str, str] | None = None) -> None:
-    """Grouped bars: one group per column, one bar per series, on a fixed 0-100 axis
-    (missing values drawn as "n/a"). Written atomically as PNG. ``headers``: column
-    labels (default: the CompBench table's)."""
+              title: str, headers: dict[str, str] | None = None, axis_max: float = 100.0) -> None:
+    """Grouped bars: one group per column, one bar per series, on a fixed 0-``axis_max`` axis
+    (100 for percentages; 1 for GenEval's fractions; missing values drawn as "n/a").
+    Written atomically as PNG. ``headers``: column labels (default: the CompBench table's)."""
     headers = TABLE_HEADERS if headers is None else headers
     from PIL import Image, ImageDraw, ImageFont
 
@@ -413,7 +456,7 @@ def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str]
     for tick in range(0, 101, 20):
         y = y0 - tick * plot_h / 100
         draw.line([left, y, width - right, y], fill=(225, 225, 225))
-        draw.text((left - 8, y), str(tick), fill="black", font=small, anchor="rm")
+        draw.text((left - 8, y), f"{tick * axis_max / 100:g}", fill="black", font=small, anchor="rm")
     draw.line([left, top, left, y0], fill="black")
     draw.line([left, y0, width - right, y0], fill="black")
     bar_w = (group_w - 16) / n
@@ -425,10 +468,11 @@ def bar_chart(series: dict[str, dict[str, float | None]], columns: Sequence[str]
             if value is None:
                 draw.text((x1 + bar_w / 2, y0 - 4), "n/a", fill="gray", font=small, anchor="mb")
                 continue
-            y = y0 - max(0.0, min(100.0, value)) * plot_h / 100
+            y = y0 - max(0.0, min(axis_max, value)) * plot_h / axis_max
             draw.rectangle([x1, y, x1 + bar_w - 2, y0], fill=_COLORS[i % len(_COLORS)])
             if bar_w >= 22:
-                draw.text((x1 + bar_w / 2, y - 2), f"{value:.1f}", fill="black", font=small, anchor="mb")
+                draw.text((x1 + bar_w / 2, y - 2), f"{value:.1f}" if axis_max > 10 else f"{value:.2f}", fill="black",
+                          font=small, anchor="mb")
         draw.text((gx + (group_w - 16) / 2, y0 + 8), headers.get(column, column), fill="black", font=normal,
                   anchor="ma")
     path = Path(path)

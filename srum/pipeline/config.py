@@ -131,7 +131,10 @@ class EvalSpec(StageSpec):
     empty. baseline: also evaluate the starting model (the table's first row).
     every_round: evaluate each round's export (false: the last round only).
     init_tiny_judge: write a random tiny Qwen2.5-VL at the eval config's ``judge.model``
-    when it does not exist (the demo; the MLLM-judged benchmarks only)."""
+    when it does not exist (the demo; the MLLM-judged benchmarks only). modes: how every
+    evaluated model draws, each its own run directory: ``direct`` (``<round>/eval``) and
+    ``think`` (CoT: the plan in ``<think>``, then the image; ``<round>/eval-think``), the
+    paper's Table 1 rows "Bagel" and "Bagel (CoT)"; the mode sets ``sampling.think``."""
 
     enabled: bool = True
     benchmark: Literal["compbench", "t2i-reasonbench", "wise", "miniworld"] = "compbench"
@@ -139,6 +142,11 @@ class EvalSpec(StageSpec):
     every_round: bool = True
     init_tiny_judge: bool = False
     judge_layout: Layout = field(default_factory=Layout)   # the score step (the MLLM judge)
+    modes: list[Literal["direct", "think"]] = field(default_factory=lambda: ["direct"])
+
+    def __post_init__(self):
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"eval.modes: give direct and/or think, each once; got {self.modes}")
 
 
 @dataclass

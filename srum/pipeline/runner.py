@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The self-rewarding loop, round by round.
 
-    baseline/eval                       the starting model on the benchmark
-    round-01/generate -> propose -> judge -> train -> export -> eval -> report
+    baseline/eval                       the starting model on the benchmark (eval-think: CoT mode)
+    round-01/generate -> propose -> judge -> train -> export -> eval (eval-think) -> report
     round-02/...                        starts from round-01/export
 
 Each stage is a :class:`StagePlan`: its folder, its resolved config, the run ids of the
@@ -29,8 +29,12 @@ from ..locking import DirectoryLock
 from ..preflight import Preflight
 from . import state
 from ..stages.status import clear_status, read_status, worst
+from ..evaluation.summary import COT_SUFFIX   # a think run's label, as `srum eval compare` writes it
 from .config import JUDGED_BENCHMARKS, Layout, PipelineConfig
 from .launch import run_logged, srum_command, stage_env
+
+
+EVAL_DIRS = {"direct": "eval", "think": "eval-think"}   # eval.modes -> the folder in baseline/ and round-NN/
 
 
 class PipelineError(RuntimeError):
@@ -305,9 +309,21 @@ class Pipeline:
                          commands=[srum_command(self.cfg.launcher, export_args(), distributed=False)], gpus=[0])
         return self.execute(plan)
 
-    def evaluate(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
+    def evaluations(self, parent: Path, model: str, model_inputs: dict, label: str) -> list[tuple[str, StagePlan]]:
+        """The model evaluated in each of ``eval.modes``, each into its own folder, labelled
+        as the paper's Table 1 rows ("base", "base (CoT)")."""
+        return [(label + (COT_SUFFIX if mode == "think" else ""),
+                 self.evaluate(parent / EVAL_DIRS[mode], model, model_inputs, think=mode == "think"))
+                for mode in self.cfg.eval.modes]
+
+    def evaluate(self, out: Path, model: str, model_inputs: dict, think: bool = False) -> StagePlan:
         benchmark = self.cfg.eval.benchmark
-        data = merge(self._stage_yaml("eval"), {"model": {"path": model}, "out_dir": str(out)})
+        data = self._stage_yaml("eval")
+        if (data.get("sampling") or {}).get("think") is True and not think:
+            # a think run in the direct mode's folder would be mislabelled in every table
+            raise ConfigError(f"eval.config ({self.cfg.eval.config}) / eval.overrides: sampling.think: true; the "
+                              "pipeline sets think per mode: use eval.modes: [think] or [direct, think]")
+        data = merge(data, {"model": {"path": model}, "out_dir": str(out), "sampling": {"think": think}})
         data = self._with_think_prompt(data, "sampling", "generation")
         if self.cfg.data.eval:   # compbench only (checked with the config)
             files, selection = self._datasets(self.cfg.data.eval, "prompts")
@@ -413,7 +429,7 @@ class Pipeline:
             self.preflight.model("model.path (the starting model)", cfg.model.path, gpus_per_process=g)
         evals: list[tuple[str, StagePlan]] = []
         if cfg.eval.enabled and cfg.eval.baseline:
-            evals.append(("base", self.evaluate(self.run_dir / "baseline" / "eval", model, model_inputs)))
+            evals += self.evaluations(self.run_dir / "baseline", model, model_inputs, "base")
         report = None
         for r in range(1, cfg.rounds + 1):
             rd = self.run_dir / f"round-{r:02d}"
@@ -425,7 +441,7 @@ class Pipeline:
             export = self.export(rd, model, train)
             model, model_inputs = str(export.dir), {export.label: self._run_id(export)}
             if cfg.eval.enabled and (cfg.eval.every_round or r == cfg.rounds):
-                evals.append((f"round {r}", self.evaluate(rd / "eval", model, model_inputs)))
+                evals += self.evaluations(rd, model, model_inputs, f"round {r}")
             if cfg.report.enabled:
                 report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
         if self.dry_run:
@@ -518,9 +534,12 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
         eval_summary = Path(evals[0][1]) / "summary" / "summary.md"
         eval_chart = Path(evals[0][1]) / "summary" / "scores.png"
     figures = []
-    if len(evals) >= 2 and config.get("grid_rows", 0) > 0:
+    # the picture grid compares models drawing the same way: the direct runs (or else the CoT ones)
+    same_mode = [(label, p) for label, p in evals if not label.endswith(COT_SUFFIX)] or evals
+    if len(same_mode) >= 2 and config.get("grid_rows", 0) > 0:
         from ..visualize.grid import eval_grid
-        grid = eval_grid([(label, p) for label, p in evals], out / "compare" / "grid.png", limit=config["grid_rows"])
+        grid = eval_grid([(label, p) for label, p in same_mode], out / "compare" / "grid.png",
+                         limit=config["grid_rows"])
         c = grid["changed"]
         figures.append((f"Pictures side by side: {', '.join(grid['columns'])}",
                         grid["path"], f"{grid['rows']} prompts, the same prompts and seeds in every column. Over all "
