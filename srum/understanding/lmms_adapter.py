@@ -152,7 +152,8 @@ class SrumBagelLMM(lmms):
     ``<think>`` first (the answer is what follows ``</think>``); ``think_system_prompt``:
     its wording. ``max_new_tokens``: the limit when a task sets none;
     ``max_new_tokens_cap``: an upper bound on every task's limit (MathVista asks for
-    16384). ``max_rounds``: safety bound for multi-round tasks."""
+    16384). ``max_rounds``: safety bound for multi-round tasks. ``loglikelihood_value``:
+    ``nll`` (what lmms-eval 0.7's multiple-choice scoring expects) or ``logprob``."""
 
     is_simple = True
 
@@ -160,7 +161,7 @@ class SrumBagelLMM(lmms):
                  device: str | None = None, device_map: str | None = None, weights: str = "auto",
                  batch_size: int | str = 1, think: bool | str = False, think_system_prompt: str | None = None,
                  max_new_tokens: int | str = 256, max_new_tokens_cap: int | str | None = None,
-                 max_rounds: int | str = 32, **kwargs) -> None:
+                 max_rounds: int | str = 32, loglikelihood_value: str = "nll", **kwargs) -> None:
         super().__init__()
         kwargs.pop("max_batch_size", None)   # lmms-eval passes it to every model; batches here are fixed
         if kwargs:
@@ -180,6 +181,9 @@ class SrumBagelLMM(lmms):
         self.default_max_new_tokens = int(max_new_tokens)
         self.max_new_tokens_cap = _optional_int(max_new_tokens_cap)
         self.max_rounds = int(max_rounds)
+        if loglikelihood_value not in ("nll", "logprob"):
+            raise ValueError(f"loglikelihood_value must be 'nll' or 'logprob', got {loglikelihood_value!r}")
+        self.loglikelihood_value = loglikelihood_value
         self._warned: set[str] = set()
 
     # -------------------------------------------------------------- helpers
@@ -241,10 +245,16 @@ class SrumBagelLMM(lmms):
         return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """``(log P(continuation | pictures + context), is_greedy)`` per request, read where
-        Bagel starts its reply. The reply begins a new turn after ``<|im_start|>`` (no
-        text before it on that line), so a continuation's leading whitespace, which
-        lmms-eval adds as a word separator, is dropped."""
+        """``(score, is_greedy)`` per request, from log P(continuation | pictures + context)
+        read where Bagel starts its reply. The reply begins a new turn after
+        ``<|im_start|>`` (no text before it on that line), so a continuation's leading
+        whitespace, which lmms-eval adds as a word separator, is dropped.
+
+        ``score`` is the negative log-likelihood by default (``loglikelihood_value=nll``):
+        lmms-eval 0.7 picks a multiple-choice answer with ``argmin`` (its built-in models
+        return a loss there, against the docstring of ``lmms.loglikelihood``), so a
+        log-probability would choose the least likely answer. ``loglikelihood_value=logprob``
+        returns the log-probability itself (for a harness that takes the argmax)."""
         results: list[tuple[float, bool]] = []
         pbar = self._progress(len(requests), "srum: scoring")
         for start in range(0, len(requests), self.batch_size):
@@ -260,6 +270,8 @@ class SrumBagelLMM(lmms):
                 images.append(load_visuals(doc_to_visual(doc)))
                 prompts.append(prompt_text(context))
             scored = self.model.continuation_logprobs(images, prompts, replies)
+            if self.loglikelihood_value == "nll":
+                scored = [(-logp, greedy) for logp, greedy in scored]
             for args, value in zip(chunk, scored):
                 self.cache_hook.add_partial("loglikelihood", (args[0], args[1]), value)
             results += scored

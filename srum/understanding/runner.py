@@ -17,6 +17,7 @@ spreads over the visible GPUs with ``model.device_map: auto``). Outputs in ``out
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -40,7 +41,8 @@ class UnderstandingConfig:
     """Fields of ``srum eval understanding`` (EVAL.md, "Understanding preserved").
 
     tasks: lmms-eval task or group names. include_path: folders of extra task YAMLs
-    (lmms-eval's ``--include_path``). limit: documents per task (an int, or a fraction
+    (lmms-eval's ``--include_path``); include_default_tasks: also index lmms-eval's own
+    (false: only include_path's, a few seconds faster). limit: documents per task (an int, or a fraction
     < 1; None: all; for smoke tests only, the numbers are then not comparable).
     batch_size: requests per forward. think / think_system_prompt: answer after a chain
     of thought. max_new_tokens: when a task sets no limit; max_new_tokens_cap: an upper
@@ -51,6 +53,7 @@ class UnderstandingConfig:
     model: ModelConfig | None = None
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     include_path: list[str] = field(default_factory=list, metadata=PATH)
+    include_default_tasks: bool = True
     limit: float | None = None
     batch_size: int = 1
     think: bool = False
@@ -197,6 +200,33 @@ def _import_lmms_eval():
     return evaluator, EvaluationTracker, TaskManager
 
 
+@contextlib.contextmanager
+def loglikelihood_passthrough(evaluator):
+    """Keep ``(log-probability, is_greedy)`` answers intact inside lmms-eval's evaluator.
+
+    lmms-eval 0.7.3 passes every model answer through ``unwrap_generation_output``, which
+    turns anything that is not text into ``str(answer)``: a loglikelihood pair becomes the
+    string "(-3.2, True)" and every ``multiple_choice`` / ``loglikelihood`` task then fails
+    in its ``process_results`` ("too many values to unpack"), for any model. While our run
+    lasts, pairs of (number, bool) go through unchanged; when the installed lmms-eval keeps
+    them already, nothing is patched."""
+    original = getattr(evaluator, "unwrap_generation_output", None)
+    if original is None or original((0.0, True))[0] == (0.0, True):
+        yield
+        return
+
+    def unwrap(output):
+        if (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], bool)
+                and isinstance(output[0], (int, float))):
+            return output, None
+        return original(output)
+    evaluator.unwrap_generation_output = unwrap
+    try:
+        yield
+    finally:
+        evaluator.unwrap_generation_output = original
+
+
 def _check_tasks(manager, tasks: list[str]) -> None:
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
@@ -213,7 +243,8 @@ def _evaluate(cfg: UnderstandingConfig, model, out: Path) -> tuple[dict, dict]:
     from .lmms_adapter import SrumBagelLMM
     from .registration import register_in_process
     register_in_process()   # so lmms-eval's own config records resolve "srum" too
-    manager = TaskManager(cfg.verbosity, include_path=[str(p) for p in cfg.include_path] or None)
+    manager = TaskManager(cfg.verbosity, include_path=[str(p) for p in cfg.include_path] or None,
+                          include_defaults=cfg.include_default_tasks)
     _check_tasks(manager, list(cfg.tasks))
     adapter = SrumBagelLMM(model=model, pretrained=cfg.model.path, batch_size=cfg.batch_size, think=cfg.think,
                            think_system_prompt=cfg.think_system_prompt, max_new_tokens=cfg.max_new_tokens,
@@ -223,10 +254,11 @@ def _evaluate(cfg: UnderstandingConfig, model, out: Path) -> tuple[dict, dict]:
     limit = None if cfg.limit is None else (int(cfg.limit) if cfg.limit >= 1 else float(cfg.limit))
     seeds = dict(random_seed=cfg.seed, numpy_random_seed=cfg.seed + 1234, torch_random_seed=cfg.seed + 1234,
                  fewshot_random_seed=cfg.seed + 1234)
-    results = evaluator.simple_evaluate(
-        model=adapter, model_args=f"pretrained={cfg.model.path}", tasks=list(cfg.tasks), batch_size=cfg.batch_size,
-        limit=limit, bootstrap_iters=cfg.bootstrap_iters, log_samples=cfg.log_samples, evaluation_tracker=tracker,
-        task_manager=manager, verbosity=cfg.verbosity, datetime_str=stamp, **seeds)
+    with loglikelihood_passthrough(evaluator):
+        results = evaluator.simple_evaluate(
+            model=adapter, model_args=f"pretrained={cfg.model.path}", tasks=list(cfg.tasks),
+            batch_size=cfg.batch_size, limit=limit, bootstrap_iters=cfg.bootstrap_iters, log_samples=cfg.log_samples,
+            evaluation_tracker=tracker, task_manager=manager, verbosity=cfg.verbosity, datetime_str=stamp, **seeds)
     if results is None:   # lmms-eval returns None on ranks other than 0; we run one process
         raise StageFailure("lmms-eval returned no results")
     samples = results.pop("samples", None)
