@@ -8,6 +8,7 @@ a multiple-choice task (loglikelihood). lmms-eval is in the ``dev`` extra (CI in
 """
 import json
 import math
+import re
 from pathlib import Path
 
 import PIL.Image
@@ -276,3 +277,51 @@ def test_summary_scales_headlines_and_flags_missing_numbers():
     assert status_of(s)[0] == "incomplete"
     assert "| paper: Bagel+SRUM | 1673.00 | 677.00 | 55.20 |" in markdown_summary(s)
     assert status_of(summarize_results({"results": {}}, ["x"]))[0] == "failed"
+
+
+# ------------------------------------------------------------------ the pipeline option
+TINY_PIPELINE = Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "tiny.yaml"
+
+
+def _pipeline(tmp_path, *overrides):
+    from srum.pipeline.config import load_pipeline_config
+    from srum.pipeline.runner import Pipeline
+    cfg = load_pipeline_config(str(TINY_PIPELINE), [f"run_dir={tmp_path / 'run'}", *overrides])
+    return cfg, Pipeline
+
+
+def test_pipeline_plans_understanding_on_the_base_and_each_round(tmp_path, capsys):
+    cfg, Pipeline = _pipeline(tmp_path, "rounds=2", "understanding.enabled=true", "understanding.tasks=[mme,pope]",
+                              "understanding.every_round=false")
+    assert Pipeline(cfg, str(TINY_PIPELINE), dry_run=True).run() is None
+    out = capsys.readouterr().out
+    planned = re.findall(r"^\[([^\]]+)\] would run", out, flags=re.M)
+    assert "baseline/understanding" in planned and "round-02/understanding" in planned
+    assert "round-01/understanding" not in planned                     # every_round: false
+    assert re.search(r"\$ .*srum eval understanding --config \S*baseline/understanding/config.yaml", out)
+    off, _ = _pipeline(tmp_path)
+    assert off.understanding.enabled is False                          # off unless asked for
+
+
+def test_pipeline_understanding_stage_runs_and_reports(tmp_path, tiny_dir):
+    tasks = _write_task(tmp_path)
+    cfg, Pipeline = _pipeline(tmp_path, "understanding.enabled=true", "understanding.tasks=[srum_local_colours]",
+                              f"understanding.overrides={{include_path: [{tasks}], include_default_tasks: false, "
+                              "bootstrap_iters: 0, model.dtype: float32}")
+    pipeline = Pipeline(cfg, str(TINY_PIPELINE))
+    pipeline.run_dir.mkdir(parents=True)
+    base = pipeline.understanding(pipeline.run_dir / "baseline" / "understanding", str(tiny_dir),
+                                  {"model": str(tiny_dir)})
+    summary = json.loads((base.dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["tasks"]["srum_local_colours"]["num_docs"] == 3
+    assert base.config["tasks"] == ["srum_local_colours"] and base.config["model"]["path"] == str(tiny_dir)
+    again = pipeline.understanding(base.dir, str(tiny_dir), {"model": str(tiny_dir)})
+    assert pipeline.timing[-1]["action"] == "skipped" and again.dir == base.dir
+
+    from srum.pipeline.runner import understanding_beside
+    eval_md = tmp_path / "eval.md"
+    eval_md.write_text("# T2I-CompBench comparison\n\n| run | overall |\n|---|---:|\n| base | 50.0 |\n")
+    md = understanding_beside(tmp_path / "report", eval_md, [["base", str(base.dir)], ["round 1", str(base.dir)]])
+    text = md.read_text()
+    assert text.index("T2I-CompBench") < text.index("Understanding (lmms-eval) comparison")
+    assert "| round 1 | 0.00 (+0.00) | 3 | 0 |" in text                  # documents scored, tasks without a number
