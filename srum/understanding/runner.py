@@ -138,8 +138,9 @@ def summarize_results(results: dict, tasks: list[str], run_info: dict | None = N
                         "metrics": metrics, "headline": rows}
     paper_cols = [c for c in columns if any(c in row for row in PAPER_ROWS.values())]
     table = {"name": TABLE_NAME, "columns": columns, "headers": headers, "values": values,
-             "note": "Headline metrics on the paper's scale (percent; MME as lmms-eval's summed score). "
-                     "Tasks scored by an LLM judge depend on the judge lmms-eval was given."}
+             "note": "The paper's benchmarks on the paper's scale (percent; MME as lmms-eval's summed score), "
+                     "other tasks on lmms-eval's own. Tasks scored by an LLM judge depend on the judge lmms-eval "
+                     "was given."}
     if paper_cols:
         table["paper"] = {"source": PAPER, "rows": {label: {c: row.get(c) for c in columns}
                                                     for label, row in PAPER_ROWS.items()}}
@@ -164,7 +165,7 @@ def _fmt(value: float | None) -> str:
 def markdown_summary(summary: dict) -> str:
     table = summary["table"]
     lines = [f"# {TABLE_NAME}: {summary['run'].get('label') or summary['run'].get('model', '')}", "",
-             "| task | metric | lmms-eval value | paper scale | documents |", "|---|---|---:|---:|---:|"]
+             "| task | metric | lmms-eval value | headline (paper scale) | documents |", "|---|---|---:|---:|---:|"]
     for task, d in summary["tasks"].items():
         for row in d["headline"] or [{"metric": "(none)", "value": None, "paper_scale_value": None}]:
             lines.append(f"| {task} | {row['metric']} | {_fmt(row['value'])} | {_fmt(row['paper_scale_value'])} | "
