@@ -97,7 +97,8 @@ def test_adapter_generate_until_order_batching_and_stops():
     calls = lm.model.calls
     # the first two share settings and a batch; the third has other settings
     assert [c[1] for c in calls] == [[1, 2], [0]] and [c[2] for c in calls] == [["first", "second"], ["third"]]
-    assert calls[0][3]["max_new_tokens"] == 4 and calls[0][3]["do_sample"] is False and calls[1][3]["max_new_tokens"] == 9
+    assert calls[0][3]["max_new_tokens"] == 4 and calls[0][3]["do_sample"] is False
+    assert calls[1][3]["max_new_tokens"] == 9
 
 
 def test_adapter_loglikelihood_and_multi_round():
@@ -118,7 +119,8 @@ def test_adapter_loglikelihood_and_multi_round():
         rounds.append((list(previous_output), round_idx, previous_round_info))
         return [], f"round {round_idx}", round_idx == 2, previous_output, {"seen": round_idx}
 
-    request = _instance("generate_until_multi_round", ("round 0", {"until": ["\n"]}, visual, doc_to_text, 0, "t", "test"), 0)
+    args = ("round 0", {"until": ["\n"]}, visual, doc_to_text, 0, "t", "test")
+    request = _instance("generate_until_multi_round", args, 0)
     assert lm.generate_until_multi_round([request]) == [["r0", "r1"]]
     assert rounds == [(["r0"], 1, None), (["r0", "r1"], 2, {"seen": 1})]
     assert [c[2] for c in lm.model.calls] == [["round 0"], ["round 1"]]
@@ -264,7 +266,8 @@ def test_summary_scales_headlines_and_flags_missing_numbers():
                            "mmmu_val": {"mmmu_acc,none": 0.5, "mmmu_acc_stderr,none": 0.01},
                            "pope": {"pope_accuracy,none": 0.8, "submission,none": "file.json"},
                            "mathvista_testmini": {"alias": "group"}},
-               "n-samples": {"mme": {"original": 2374, "effective": 2374}, "mmmu_val": {"original": 900, "effective": 900},
+               "n-samples": {"mme": {"original": 2374, "effective": 2374},
+                             "mmmu_val": {"original": 900, "effective": 900},
                              "pope": {"original": 9000, "effective": 0}}}
     s = summarize_results(results, ["mme", "mmmu_val", "pope", "mathvista_testmini"])
     values = s["table"]["values"]

@@ -367,6 +367,11 @@ class Pipeline:
         if spec.tasks:
             data = merge(data, {"tasks": list(spec.tasks)})
         config = self._checked(UnderstandingConfig, data, "understanding")
+        if self.preflight is not None:
+            import importlib.util
+            if importlib.util.find_spec("lmms_eval") is None:
+                from ..understanding.runner import INSTALL_HINT
+                self.preflight.problem(f"understanding: lmms-eval is not installed; {INSTALL_HINT}")
         steps = [("eval understanding", None)]
         plan = StagePlan("understanding", out, config, model_inputs, ["summary.json", "summary.md"],
                          self._launched_steps(steps, ["."]), status_dirs=["."])

@@ -58,7 +58,8 @@ def add_understanding_parser(sub) -> argparse.ArgumentParser:
     """Register ``understanding`` on the ``srum eval`` sub-parsers."""
     p = sub.add_parser("understanding", help="understanding benchmarks (MME, MMBench, MMMU, MM-Vet, MathVista, MMVP, "
                                              "POPE, ...) through lmms-eval; needs the 'understanding' extra",
-                       description=f"{__doc__}\nExample: {EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=f"{__doc__}\nExample: {EXAMPLE}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (fields in EVAL.md, \"Understanding preserved\")")
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (model.path)")
     p.add_argument("--tasks", default=None, help="comma-separated lmms-eval tasks (default: the paper's set + POPE)")
