@@ -145,6 +145,19 @@ def test_registration_resolves_the_adapter():
     assert registry.get_model_class("srum_bagel") is A.SrumBagelLMM
 
 
+def test_pyproject_declares_the_entry_point_and_the_extras():
+    import importlib
+    import tomllib
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    target = project["entry-points"]["lmms_eval.models"]["srum"]
+    module, _, attr = target.partition(":")
+    manifest = getattr(importlib.import_module(module), attr)()
+    assert manifest.model_id == "srum" and manifest.simple_class_path.endswith("lmms_adapter.SrumBagelLMM")
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("lmms-eval") for d in extras["understanding"])
+    assert set(extras["understanding"]) <= set(extras["dev"])          # CI runs these tests
+
+
 # ------------------------------------------------------------------ the tiny model
 def test_loglikelihood_matches_the_models_own_probabilities(tiny_model):
     image = PIL.Image.new("RGB", (40, 32), (200, 30, 30))
