@@ -297,4 +297,6 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                        formatter_class=fmt)
     _config_args(c)
     c.set_defaults(func=cmd_geneval)
+    from srum.understanding.cli import add_understanding_parser   # lmms-eval is imported only when it runs
+    add_understanding_parser(sub)
     return p

@@ -150,6 +150,22 @@ class EvalSpec(StageSpec):
 
 
 @dataclass
+class UnderstandingSpec(StageSpec):
+    """The understanding benchmarks through lmms-eval (``srum eval understanding``; needs
+    the ``understanding`` extra). enabled: run them (off by default). config: their YAML
+    (e.g. ``configs/eval/understanding.yaml``; none: its defaults). tasks: lmms-eval task
+    names (empty: the config's). baseline: also the starting model. every_round: each
+    round's export (false: the last round only). The numbers go into each round's report
+    next to the generation scores. One process; ``overrides: {model.device_map: auto}``
+    spreads a 7B model over the visible GPUs."""
+
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=list)
+    baseline: bool = True
+    every_round: bool = True
+
+
+@dataclass
 class ReportSpec:
     """enabled: write each round's HTML report. limit: image cards per report (None: all).
     reward_mode: the reward map drawn (default: the training config's ``rewards.map``).
@@ -211,6 +227,7 @@ class PipelineConfig:
     train: StageSpec = field(default_factory=StageSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    understanding: UnderstandingSpec = field(default_factory=UnderstandingSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
     think_prompts: ThinkPromptsSpec = field(default_factory=ThinkPromptsSpec)
 

@@ -94,6 +94,9 @@ class Pipeline:
     def _stage_class(self, name: str):
         if name == "eval":
             return eval_config_class(self.cfg.eval.benchmark)
+        if name == "understanding":
+            from ..understanding.runner import UnderstandingConfig
+            return UnderstandingConfig
         from ..stages.generate import GenerateConfig
         from ..stages.judge import JudgeStageConfig
         from ..stages.propose import ProposeStageConfig
@@ -379,6 +382,29 @@ class Pipeline:
             else:
                 print(f"warning: {text}", flush=True)
 
+    def understanding(self, out: Path, model: str, model_inputs: dict) -> StagePlan:
+        """``srum eval understanding`` (lmms-eval) on ``model``: one process, its own status."""
+        from ..understanding.runner import UnderstandingConfig
+        spec = self.cfg.understanding
+        if spec.config is not None:
+            data = self._stage_yaml("understanding")
+        else:   # no YAML: the command's defaults plus the overrides
+            root = config_root(self.config_path) if self.config_path else Path.cwd()
+            data = resolve_paths(UnderstandingConfig, nest_dotted(spec.overrides), root)
+        data = merge(data, {"model": {"path": model}, "out_dir": str(out)})
+        if spec.tasks:
+            data = merge(data, {"tasks": list(spec.tasks)})
+        config = self._checked(UnderstandingConfig, data, "understanding")
+        if self.preflight is not None:
+            import importlib.util
+            if importlib.util.find_spec("lmms_eval") is None:
+                from ..understanding.runner import INSTALL_HINT
+                self.preflight.problem(f"understanding: lmms-eval is not installed; {INSTALL_HINT}")
+        steps = [("eval understanding", None)]
+        plan = StagePlan("understanding", out, config, model_inputs, ["summary.json", "summary.md"],
+                         self._launched_steps(steps, ["."]), status_dirs=["."])
+        return self.execute(self._plan_commands(plan, steps))
+
     def _launch_plan(self, name: str, out: Path, config: dict, inputs: dict, outputs: list[str]) -> StagePlan:
         """A stage run as one ``srum <name>`` launch with its layout; it writes its status in ``out``."""
         steps = [(name, getattr(self.cfg, name).layout)]
@@ -386,13 +412,15 @@ class Pipeline:
         return self.execute(self._plan_commands(plan, steps))
 
     def report(self, rd: Path, round_index: int, generate: StagePlan, judge: StagePlan, train: StagePlan,
-               evals: list[tuple[str, StagePlan]]) -> StagePlan:
+               evals: list[tuple[str, StagePlan]], understanding: list[tuple[str, StagePlan]] = ()) -> StagePlan:
         spec = self.cfg.report
         config = {"rewards": str(judge.dir / "rewards.jsonl"), "manifest": str(generate.dir / "manifest.jsonl"),
                   "metrics": str(train.dir / "metrics.jsonl"), "train_config": str(train.dir / "config.yaml"),
                   "evals": [[label, str(p.dir)] for label, p in evals], **to_dict(spec)}
+        if understanding:   # only then: an existing run's report config (and hash) stays the same
+            config["understanding"] = [[label, str(p.dir)] for label, p in understanding]
         inputs = {p.label: self._run_id(p) for p in (generate, judge, train)}
-        inputs.update({p.label: self._run_id(p) for _, p in evals})
+        inputs.update({p.label: self._run_id(p) for _, p in [*evals, *understanding]})
         title = f"SRUM run {self.run_dir.resolve().name}, round {round_index}"
         plan = StagePlan("report", rd / "report", config, inputs, ["report.html"],
                          lambda plan: write_round_report(plan.dir, config, title))
@@ -430,6 +458,10 @@ class Pipeline:
         evals: list[tuple[str, StagePlan]] = []
         if cfg.eval.enabled and cfg.eval.baseline:
             evals += self.evaluations(self.run_dir / "baseline", model, model_inputs, "base")
+        understood: list[tuple[str, StagePlan]] = []   # lmms-eval understanding benchmarks
+        if cfg.understanding.enabled and cfg.understanding.baseline:
+            understood.append(("base", self.understanding(self.run_dir / "baseline" / "understanding", model,
+                                                          model_inputs)))
         report = None
         for r in range(1, cfg.rounds + 1):
             rd = self.run_dir / f"round-{r:02d}"
@@ -442,8 +474,10 @@ class Pipeline:
             model, model_inputs = str(export.dir), {export.label: self._run_id(export)}
             if cfg.eval.enabled and (cfg.eval.every_round or r == cfg.rounds):
                 evals += self.evaluations(rd, model, model_inputs, f"round {r}")
+            if cfg.understanding.enabled and (cfg.understanding.every_round or r == cfg.rounds):
+                understood.append((f"round {r}", self.understanding(rd / "understanding", model, model_inputs)))
             if cfg.report.enabled:
-                report = self.report(rd, r, generate, judge, train, evals).dir / "report.html"
+                report = self.report(rd, r, generate, judge, train, evals, understood).dir / "report.html"
         if self.dry_run:
             self.preflight.check_versions()
             self.preflight.check_gpus()
@@ -533,6 +567,8 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
     elif evals:
         eval_summary = Path(evals[0][1]) / "summary" / "summary.md"
         eval_chart = Path(evals[0][1]) / "summary" / "scores.png"
+    if config.get("understanding"):
+        eval_summary = understanding_beside(out, eval_summary, config["understanding"])
     figures = []
     # the picture grid compares models drawing the same way: the direct runs (or else the CoT ones)
     same_mode = [(label, p) for label, p in evals if not label.endswith(COT_SUFFIX)] or evals
@@ -551,6 +587,18 @@ def write_round_report(out: Path, config: dict, title: str) -> int:
                   reward_config=RewardMapConfig(**fields), missing_global=missing, limit=config.get("limit"),
                   title=title, progress=False, figures=figures)
     return 0
+
+
+def understanding_beside(out: Path, eval_summary: Path | None, runs: list[list[str]]) -> Path:
+    """The generation table (if any) with the understanding table (lmms-eval, base and
+    rounds side by side with deltas and the paper's rows) under it, as one markdown file."""
+    from ..evaluation.summary import compare_runs
+    compare_runs([p for _, p in runs], out / "understanding", [label for label, _ in runs])
+    parts = [eval_summary.read_text(encoding="utf-8")] if eval_summary is not None and eval_summary.exists() else []
+    parts.append((out / "understanding" / "compare.md").read_text(encoding="utf-8"))
+    path = out / "evaluation.md"
+    atomic_write_text(path, "\n".join(parts))
+    return path
 
 
 def run_pipeline(cfg: PipelineConfig, config_path: str | None = None, dry_run: bool = False) -> Path | None:

@@ -259,6 +259,39 @@ class BagelInferenceMixin:
         mass = per_choice.logsumexp(-1)
         return torch.softmax(per_choice, dim=-1), mass.exp()
 
+    @torch.no_grad()
+    def continuation_logprobs(self, images, prompt: str | Sequence[str],
+                              continuations: Sequence[str | Sequence[int]]) -> list[tuple[float, bool]]:
+        """Log-probability of each reply, teacher-forced, in one forward per batch.
+
+        Row i is ``images[i]`` + ``prompt[i]`` and its reply ``continuations[i]`` (a str,
+        tokenised without special tokens, or token ids), read after the fed
+        ``<|im_start|>`` exactly where :meth:`understand` starts decoding. Returns
+        ``(sum of log P(token | context, earlier tokens), is_greedy)`` per row; is_greedy:
+        every token is the argmax of its position (what greedy decoding would write, not
+        counting where it would stop). For a single str prompt, one continuation."""
+        per_row, prompts, _ = self._batch_inputs(images, prompt)
+        _check(len(continuations) == len(prompts), f"continuations: {len(continuations)} for {len(prompts)} prompts")
+        ids = [self.tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else [int(t) for t in c]
+               for c in continuations]
+        _check(all(ids), "continuations: every reply needs at least one token")
+        cache = self._understanding_cache(per_row, prompts, False, None, max(len(i) for i in ids) + 1)
+        bos = self.special_tokens.bos
+        flat = torch.tensor([t for row in ids for t in [bos, *row]], device=self.device)
+        lengths = torch.tensor([len(row) + 1 for row in ids], device=self.device)
+        hidden = self._forward_rows(cache, self.embed_text(flat), lengths, causal=True, single_position=False,
+                                    commit=False)
+        logp = torch.log_softmax(self.language_model.lm_head(hidden).float(), dim=-1)
+        out, start = [], 0
+        for row in ids:
+            # position j (the fed <|im_start|> and the reply's tokens) predicts reply token j
+            rows_logp = logp[start:start + len(row)]
+            target = torch.tensor(row, device=logp.device)
+            out.append((float(rows_logp.gather(1, target[:, None]).sum()),
+                        bool((rows_logp.argmax(-1) == target).all())))
+            start += len(row) + 1
+        return out
+
     def score_yes_no(self, images, prompt: str | Sequence[str]) -> torch.Tensor:
         """P(yes) [B] renormalised over {yes, no}, read from one forward."""
         probs, _ = self.choice_probabilities(images, prompt, [["Yes", "yes"], ["No", "no"]])
