@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``srum miniworld pretrain | abilities | prompts | study``.
+"""``srum miniworld pretrain | abilities | prompts | study | curves``.
 
 * ``pretrain [--config configs/miniworld/pretrain.yaml] [KEY=VALUE ...]``: train the
   miniature Bagel from scratch (data, tokenizer + autoencoder, ``srum train``, export);
@@ -12,7 +12,9 @@
   (:mod:`.prompts`);
 * ``study [--config configs/miniworld/study.yaml] [--quick] [--report-only] [KEY=VALUE ...]``:
   SRUM, SFT and the ablations trained from one set of self-judged candidates per seed and
-  measured on held-out prompts by the oracle (:mod:`.study`); rerunning resumes.
+  measured on held-out prompts by the oracle (:mod:`.study`); rerunning resumes;
+* ``curves --out FILE STAGE_DIR ...``: the training curves of a chain of pretraining stages
+  as one CSV (:mod:`.curves`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def cmd_pretrain(args) -> int:
         return 2
     report = pretrain(cfg)
     print(json.dumps({"model": report["model"], "train": report["train"].get("summary")}, default=str))
+    return 0
+
+
+def cmd_curves(args) -> int:
+    from .curves import write_curves
+    try:
+        rows = write_curves(args.out, args.stage_dirs, args.names, args.every)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"srum miniworld curves: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {rows} rows")
     return 0
 
 
@@ -119,6 +132,12 @@ def add_miniworld_parser(sub) -> None:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
     s.set_defaults(func=cmd_study)
     from .world import CATEGORIES, SPLITS
+    c = actions.add_parser("curves", help="training curves of a chain of pretraining stages as one CSV")
+    c.add_argument("stage_dirs", nargs="+", metavar="STAGE_DIR", help="srum miniworld pretrain out_dirs, in order")
+    c.add_argument("--out", required=True, help="the CSV to write")
+    c.add_argument("--names", nargs="+", help="stage names (default: 1, 2, ...)")
+    c.add_argument("--every", type=int, default=50, help="steps per row (means over the window; default 50)")
+    c.set_defaults(func=cmd_curves)
     w = actions.add_parser("prompts", help="write a prompt file of the world (train or held-out split)")
     w.add_argument("--split", choices=SPLITS, default="train", help="train (no held-out combination), heldout, all")
     w.add_argument("--per-category", type=int, default=200, help="distinct prompts per category (default 200)")
