@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,17 +49,16 @@ from typing import Literal
 from srum import distributed
 from srum.config import MODEL, PATH
 from srum.data.prompts import PromptItem
-from srum.fileio import atomic_write_text
 from srum.judge.openai_backend import OpenAIServerConfig
 from srum.stages.common import ImageStage, ModelConfig, error_row, relative_to
 from srum.stages.generate import PromptJobs, image_id_for
 
 from .compbench import EvalSamplingConfig, RunLayout, generate_prompt_images
+from .judged import fmt, run_info, run_steps, stage_counts, write_summary_files
 from .scoring import DEFAULT_JUDGE, SCORES_FILE, check_judge_settings, failed_judgment
 from .reasonbench_judge import DESCRIBE_QUESTION, question_keys, score_reasonbench_images
-from .summary import bar_chart, read_scores, summarize_scores, write_results_csv
+from .summary import read_scores, summarize_scores
 
-STEPS = ("generate", "score", "summarize", "all")
 
 
 @dataclass(frozen=True)
@@ -372,10 +369,6 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
 
 
 # ------------------------------------------------------------------ step "summarize"
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
 def markdown_summary(summary: dict, title: str) -> str:
     values = table_values(summary)
     info = summary.get("run") or {}
@@ -390,14 +383,14 @@ def markdown_summary(summary: dict, title: str) -> str:
               + (f", {summary['num_missing']} not scored yet" if summary.get("num_missing") else "") + ")", "",
               "| " + " | ".join(TABLE_HEADERS[c] for c in TABLE_COLUMNS) + " |",
               "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
-              "| " + " | ".join(_fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
+              "| " + " | ".join(fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
     if summary["missing_categories"]:
         lines.append(f"Not available (no scored image): {', '.join(summary['missing_categories'])}.")
     lines += ["", "| dimension | images | scored | failed | reasoning accuracy | image quality |",
               "|---|---:|---:|---:|---:|---:|"]
     for cat, s in summary["categories"].items():
-        lines.append(f"| {cat} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {_fmt(s['mean'])} "
-                     f"| {_fmt(s.get('quality'))} |")
+        lines.append(f"| {cat} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {fmt(s['mean'])} "
+                     f"| {fmt(s.get('quality'))} |")
     lines += ["", f"Reported in the paper ({PAPER}): "
               + "; ".join(f"{label} {row['overall']:.2f}" for label, row in PAPER_ROWS.items()) + " (Overall)."]
     return "\n".join(lines) + "\n"
@@ -410,55 +403,21 @@ def summarize_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
     if not rows:
         raise ValueError(f"{layout.scores_file}: no scored rows")
     summary = summarize_rows(rows)
-    stage = json.loads((layout.scores / "summary.json").read_text()) if (layout.scores / "summary.json").is_file() \
-        else {}
-    summary.update({"num_errors": stage.get("num_errors", 0), "num_missing": stage.get("num_missing", 0),
-                    "scoring_complete": stage.get("complete")})
-    judges = sorted({str(r.get("judge")) for r in rows if r.get("judge")})
-    thinks = sorted({str(r.get("think")).lower() for r in rows if r.get("think") is not None})
-    summary["run"] = {"judge": ", ".join(judges) or None, "think": ", ".join(thinks) or None,
-                      "run_dir": str(layout.root)}
+    summary.update(stage_counts(layout))
+    summary["run"] = run_info(rows, layout)
     title = f"T2I-ReasonBench (MLLM judge): {label or layout.root.resolve().name}"
     summary["title"] = title
     summary["table"] = {"name": "T2I-ReasonBench", "columns": list(TABLE_COLUMNS), "headers": TABLE_HEADERS,
                         "values": table_values(summary), "note": TABLE_NOTE,
                         "paper": {"source": PAPER, "rows": PAPER_ROWS}}
-    layout.summary.mkdir(parents=True, exist_ok=True)
-    write_results_csv(rows, layout.summary / "results.csv", CSV_FIELDS)
-    atomic_write_text(layout.summary / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(layout.summary / "summary.md", markdown_summary(summary, title))
-    bar_chart({title: table_values(summary)}, TABLE_COLUMNS, layout.summary / "scores.png", title, TABLE_HEADERS)
+    write_summary_files(layout, rows, summary, CSV_FIELDS, markdown_summary(summary, title))
     return summary
 
 
 # ------------------------------------------------------------------ all steps
 def run_reasonbench(step: str, cfg: ReasonBenchConfig) -> int:
-    """One step (or all); returns the exit code of the worst step's status (0 complete,
-    1 incomplete, 2 failed; each step writes its ``status.json``)."""
-    from srum.stages.status import EXIT_CODES, worst
-
-    from .cli import _free_accelerator_memory, check_all_steps_fit
-
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-    layout = RunLayout(Path(cfg.out_dir))
-    statuses = []
-    if step == "generate" or (step == "all" and not cfg.images):
-        if step == "all":
-            check_all_steps_fit(cfg.judge.gpus_per_process)
-        statuses.append(run_generate(cfg).get("status", "complete"))
-        _free_accelerator_memory()
-    if step in ("score", "all"):
-        manifest = Path(cfg.images) if cfg.images else layout.images_manifest
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no image manifest; run the generate step first or set images=")
-        statuses.append(run_score(manifest, layout.scores, cfg).get("status", "complete"))
-        _free_accelerator_memory()
-    if step in ("summarize", "all") and distributed.env_info().is_main:
-        summary = summarize_run(layout.root)
-        print(json.dumps({k: summary[k] for k in ("overall", "overall_quality", "num_scored", "num_failed")}))
-        print(f"srum eval t2i-reasonbench: wrote {layout.summary}/summary.md", file=sys.stderr)
-    return EXIT_CODES[worst(statuses)] if statuses else 0
+    """One step (or all); returns the exit code of the worst step's status (:func:`.judged.run_steps`)."""
+    return run_steps("t2i-reasonbench", step, cfg, run_generate, run_score, summarize_run, ("overall", "overall_quality", "num_scored", "num_failed"))
 
 
 __all__ = ["DESCRIBE_QUESTION", "DIMENSIONS", "ReasonBenchConfig", "ReasonBenchJudgeConfig", "image_scores",

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -50,17 +48,16 @@ from typing import Literal
 from srum import distributed
 from srum.config import MODEL, PATH
 from srum.data.prompts import PromptItem
-from srum.fileio import atomic_write_text
 from srum.judge.openai_backend import OpenAIServerConfig
 from srum.stages.common import ImageStage, ModelConfig, error_row, relative_to
 from srum.stages.generate import PromptJobs, image_id_for
 
 from .compbench import EvalSamplingConfig, RunLayout, generate_prompt_images
+from .judged import fmt, run_info, run_steps, stage_counts, write_summary_files
 from .scoring import DEFAULT_JUDGE, SCORES_FILE, check_judge_settings, failed_judgment
-from .summary import bar_chart, category_stats, read_scores, write_results_csv
+from .summary import category_stats, read_scores
 from .wise_judge import CRITERIA, check_question_template, score_wise_images, wise_question
 
-STEPS = ("generate", "score", "summarize", "all")
 
 
 @dataclass(frozen=True)
@@ -441,10 +438,6 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Wise
 
 
 # ------------------------------------------------------------------ step "summarize"
-def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
 def markdown_summary(summary: dict, title: str) -> str:
     values = table_values(summary)
     info = summary.get("run") or {}
@@ -460,17 +453,17 @@ def markdown_summary(summary: dict, title: str) -> str:
               + (f", {summary['num_missing']} not scored yet" if summary.get("num_missing") else "") + ")", "",
               "| " + " | ".join(HEADERS[c] for c in TABLE_COLUMNS) + " |",
               "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
-              "| " + " | ".join(_fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
+              "| " + " | ".join(fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
     if summary["missing_categories"]:
         lines.append(f"No scored image (Overall needs all six): {', '.join(summary['missing_categories'])}.")
     lines += ["", "| category | images | scored | failed | WiScore x 100 | consistency | realism | aesthetic |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for cat, s in summary["categories"].items():
-        lines.append(f"| {cat} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {_fmt(s['mean'])} | "
-                     + " | ".join(_fmt(s.get(c)) for c in CRITERIA) + " |")
+        lines.append(f"| {cat} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {fmt(s['mean'])} | "
+                     + " | ".join(fmt(s.get(c)) for c in CRITERIA) + " |")
     lines += ["", "| subcategory | images | scored | failed | WiScore x 100 |", "|---|---:|---:|---:|---:|"]
     for sub, s in summary["subcategories"].items():
-        lines.append(f"| {sub} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {_fmt(s['mean'])} |")
+        lines.append(f"| {sub} | {s['num_images']} | {s['num_scored']} | {s['num_failed']} | {fmt(s['mean'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -484,55 +477,21 @@ def summarize_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
     if len(variants) > 1:
         raise ValueError(f"{layout.scores_file}: rows of both WISE releases ({variants}); score them in separate runs")
     summary = summarize_rows(rows, variants[0] if variants else "original")
-    stage_file = layout.scores / "summary.json"
-    stage = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
-    summary.update({"num_errors": stage.get("num_errors", 0), "num_missing": stage.get("num_missing", 0),
-                    "scoring_complete": stage.get("complete")})
-    judges = sorted({str(r.get("judge")) for r in rows if r.get("judge")})
-    thinks = sorted({str(r.get("think")).lower() for r in rows if r.get("think") is not None})
-    summary["run"] = {"judge": ", ".join(judges) or None, "think": ", ".join(thinks) or None,
-                      "run_dir": str(layout.root)}
+    summary.update(stage_counts(layout))
+    summary["run"] = run_info(rows, layout)
     title = f"WISE (MLLM judge): {label or layout.root.resolve().name}"
     summary["title"] = title
     # no "paper" rows: the SRUM paper shows its WISE results only as a figure (Figure 6)
     summary["table"] = {"name": "WISE", "columns": list(TABLE_COLUMNS), "headers": HEADERS,
                         "values": table_values(summary), "note": TABLE_NOTE}
-    layout.summary.mkdir(parents=True, exist_ok=True)
-    write_results_csv(rows, layout.summary / "results.csv", CSV_FIELDS)
-    atomic_write_text(layout.summary / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(layout.summary / "summary.md", markdown_summary(summary, title))
-    bar_chart({title: table_values(summary)}, TABLE_COLUMNS, layout.summary / "scores.png", title, HEADERS)
+    write_summary_files(layout, rows, summary, CSV_FIELDS, markdown_summary(summary, title))
     return summary
 
 
 # ------------------------------------------------------------------ all steps
 def run_wise(step: str, cfg: WiseConfig) -> int:
-    """One step (or all); returns the exit code of the worst step's status (0 complete,
-    1 incomplete, 2 failed; each step writes its ``status.json``)."""
-    from srum.stages.status import EXIT_CODES, worst
-
-    from .cli import _free_accelerator_memory, check_all_steps_fit
-
-    if step not in STEPS:
-        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-    layout = RunLayout(Path(cfg.out_dir))
-    statuses = []
-    if step == "generate" or (step == "all" and not cfg.images):
-        if step == "all":
-            check_all_steps_fit(cfg.judge.gpus_per_process)
-        statuses.append(run_generate(cfg).get("status", "complete"))
-        _free_accelerator_memory()
-    if step in ("score", "all"):
-        manifest = Path(cfg.images) if cfg.images else layout.images_manifest
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no image manifest; run the generate step first or set images=")
-        statuses.append(run_score(manifest, layout.scores, cfg).get("status", "complete"))
-        _free_accelerator_memory()
-    if step in ("summarize", "all") and distributed.env_info().is_main:
-        summary = summarize_run(layout.root)
-        print(json.dumps({k: summary[k] for k in ("overall", "overall_evaluated", "num_scored", "num_failed")}))
-        print(f"srum eval wise: wrote {layout.summary}/summary.md", file=sys.stderr)
-    return EXIT_CODES[worst(statuses)] if statuses else 0
+    """One step (or all); returns the exit code of the worst step's status (:func:`.judged.run_steps`)."""
+    return run_steps("wise", step, cfg, run_generate, run_score, summarize_run, ("overall", "overall_evaluated", "num_scored", "num_failed"))
 
 
 __all__ = ["CATEGORIES", "CATEGORY_WEIGHTS", "DOMAINS", "WiseConfig", "WiseJudgeConfig", "read_prompts",
