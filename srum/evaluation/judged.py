@@ -17,7 +17,7 @@ from srum.fileio import atomic_write_text
 from .compbench import RunLayout
 from .summary import bar_chart, write_results_csv
 
-__all__ = ["STEPS", "fmt", "stage_counts", "run_info", "write_summary_files", "run_steps"]
+__all__ = ["STEPS", "fmt", "stage_counts", "run_info", "markdown_head", "write_summary_files", "run_steps"]
 
 STEPS = ("generate", "score", "summarize", "all")
 
@@ -41,6 +41,25 @@ def run_info(rows: list[dict], layout: RunLayout) -> dict:
     judges = sorted({str(r.get("judge")) for r in rows if r.get("judge")})
     thinks = sorted({str(r.get("think")).lower() for r in rows if r.get("think") is not None})
     return {"judge": ", ".join(judges) or None, "think": ", ".join(thinks) or None, "run_dir": str(layout.root)}
+
+
+def markdown_head(title: str, summary: dict, not_judged: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The top of ``summary.md``: title, judge and think mode, ``extra`` lines, the image
+    counts (``not_judged`` says why an item was not judged) and the headline table of
+    ``summary["table"]`` with its note."""
+    table, info = summary["table"], summary.get("run") or {}
+    columns, values = table["columns"], table["values"]
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: {info[key]}" for key in ("judge", "think") if info.get(key) is not None]
+    lines += list(extra)
+    lines += [f"- images: {summary['num_images']} ({summary['num_scored']} scored, {summary['num_failed']} failed "
+              f"judgments excluded from the means"
+              + (f", {summary['num_errors']} not judged ({not_judged})" if summary.get("num_errors") else "")
+              + (f", {summary['num_missing']} not scored yet" if summary.get("num_missing") else "") + ")", "",
+              "| " + " | ".join(table["headers"][c] for c in columns) + " |",
+              "|" + "|".join("---:" for _ in columns) + "|",
+              "| " + " | ".join(fmt(values[c]) for c in columns) + " |", "", table["note"]]
+    return lines
 
 
 def write_summary_files(layout: RunLayout, rows: list[dict], summary: dict, csv_fields, markdown: str) -> None:

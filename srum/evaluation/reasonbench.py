@@ -54,7 +54,7 @@ from srum.stages.common import ImageStage, ModelConfig, error_row, relative_to
 from srum.stages.generate import PromptJobs, image_id_for
 
 from .compbench import EvalSamplingConfig, RunLayout, generate_prompt_images
-from .judged import fmt, run_info, run_steps, stage_counts, write_summary_files
+from .judged import fmt, markdown_head, run_info, run_steps, stage_counts, write_summary_files
 from .scoring import DEFAULT_JUDGE, SCORES_FILE, check_judge_settings, failed_judgment
 from .reasonbench_judge import DESCRIBE_QUESTION, question_keys, score_reasonbench_images
 from .summary import read_scores, summarize_scores
@@ -370,20 +370,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
 
 # ------------------------------------------------------------------ step "summarize"
 def markdown_summary(summary: dict, title: str) -> str:
-    values = table_values(summary)
-    info = summary.get("run") or {}
-    lines = [f"# {title}", ""]
-    for key in ("judge", "think"):
-        if info.get(key) is not None:
-            lines.append(f"- {key}: {info[key]}")
-    lines += [f"- images: {summary['num_images']} ({summary['num_scored']} scored, {summary['num_failed']} failed "
-              f"judgments excluded from the means"
-              + (f", {summary['num_errors']} not judged (unreadable or no questions)" if summary.get("num_errors")
-                 else "")
-              + (f", {summary['num_missing']} not scored yet" if summary.get("num_missing") else "") + ")", "",
-              "| " + " | ".join(TABLE_HEADERS[c] for c in TABLE_COLUMNS) + " |",
-              "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
-              "| " + " | ".join(fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
+    lines = markdown_head(title, summary, "unreadable or no questions")
     if summary["missing_categories"]:
         lines.append(f"Not available (no scored image): {', '.join(summary['missing_categories'])}.")
     lines += ["", "| dimension | images | scored | failed | reasoning accuracy | image quality |",

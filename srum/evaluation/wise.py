@@ -53,7 +53,7 @@ from srum.stages.common import ImageStage, ModelConfig, error_row, relative_to
 from srum.stages.generate import PromptJobs, image_id_for
 
 from .compbench import EvalSamplingConfig, RunLayout, generate_prompt_images
-from .judged import fmt, run_info, run_steps, stage_counts, write_summary_files
+from .judged import fmt, markdown_head, run_info, run_steps, stage_counts, write_summary_files
 from .scoring import DEFAULT_JUDGE, SCORES_FILE, check_judge_settings, failed_judgment
 from .summary import category_stats, read_scores
 from .wise_judge import CRITERIA, check_question_template, score_wise_images, wise_question
@@ -439,21 +439,8 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Wise
 
 # ------------------------------------------------------------------ step "summarize"
 def markdown_summary(summary: dict, title: str) -> str:
-    values = table_values(summary)
-    info = summary.get("run") or {}
-    lines = [f"# {title}", ""]
-    for key in ("judge", "think"):
-        if info.get(key) is not None:
-            lines.append(f"- {key}: {info[key]}")
-    lines += [f"- prompts: WISE {summary['variant']} release; weights {CATEGORY_WEIGHTS[summary['variant']]}",
-              f"- images: {summary['num_images']} ({summary['num_scored']} scored, {summary['num_failed']} failed "
-              f"judgments excluded from the means"
-              + (f", {summary['num_errors']} not judged (unreadable or unknown prompt id)" if summary.get("num_errors")
-                 else "")
-              + (f", {summary['num_missing']} not scored yet" if summary.get("num_missing") else "") + ")", "",
-              "| " + " | ".join(HEADERS[c] for c in TABLE_COLUMNS) + " |",
-              "|" + "|".join("---:" for _ in TABLE_COLUMNS) + "|",
-              "| " + " | ".join(fmt(values[c]) for c in TABLE_COLUMNS) + " |", "", TABLE_NOTE]
+    weights = f"- prompts: WISE {summary['variant']} release; weights {CATEGORY_WEIGHTS[summary['variant']]}"
+    lines = markdown_head(title, summary, "unreadable or unknown prompt id", (weights,))
     if summary["missing_categories"]:
         lines.append(f"No scored image (Overall needs all six): {', '.join(summary['missing_categories'])}.")
     lines += ["", "| category | images | scored | failed | WiScore x 100 | consistency | realism | aesthetic |",
