@@ -14,7 +14,9 @@ ask the model about one region at a time. Three ways to point at it, chosen by
   0..``coords_scale`` grid relative to the image's width and height, origin top-left,
   x to the right, y down. Normalised coordinates are invariant to the resize that the
   model's image transform applies, so the numbers describe the image the model actually
-  sees (pixel coordinates of the saved image would not).
+  sees (pixel coordinates of the saved image would not). ``coords_phrase: compact`` names
+  the box in a few words ("the box (x1, y1, x2, y2)"), for a small model trained on its
+  own region questions (the miniature world).
 
 Boxes are ``[x1, y1, x2, y2]`` in pixels of the saved image.
 """
@@ -41,6 +43,7 @@ class RegionView:
     crop_margin: float = 0.1         # crop = box grown by this fraction of its width/height per side
     crop_context: bool = False       # crop mode: also show the full image before the crop
     coords_scale: int = 1000         # coords mode: coordinates on a 0..scale grid
+    coords_phrase: Literal["full", "compact"] = "full"   # coords mode: the grid explained, or the box alone
 
     def __post_init__(self):
         if not 0 < self.mark_width < 0.2:
@@ -49,6 +52,8 @@ class RegionView:
             raise ValueError(f"crop_margin must be >= 0, got {self.crop_margin}")
         if self.coords_scale < 1:
             raise ValueError(f"coords_scale must be >= 1, got {self.coords_scale}")
+        if self.coords_phrase not in ("full", "compact"):
+            raise ValueError(f"coords_phrase must be 'full' or 'compact', got {self.coords_phrase!r}")
 
 
 def normalised_box(bbox: Sequence[float], size: tuple[int, int], scale: int) -> tuple[int, int, int, int]:
@@ -85,5 +90,7 @@ def show_region(image: PIL.Image.Image, bbox: Sequence[float], view: RegionView)
             return [image, crop], "the area shown in the second image, a crop of the first"
         return [crop], "this crop of the generated image"
     x1, y1, x2, y2 = normalised_box(bbox, image.size, view.coords_scale)
+    if view.coords_phrase == "compact":
+        return [image], f"the box ({x1}, {y1}, {x2}, {y2})"
     return [image], (f"the area with corners ({x1}, {y1}) and ({x2}, {y2}), in coordinates from 0 to "
                      f"{view.coords_scale} relative to the image width and height, origin at the top left")

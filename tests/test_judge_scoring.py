@@ -11,7 +11,7 @@ import torch
 from srum.config import ConfigError, load_config
 from srum.judge import RATING_SCALE, JudgeConfig, SelfJudge, judge_image, judge_images
 from srum.judge.rubric import global_question, local_question
-from srum.regions import RegionView
+from srum.regions import RegionView, show_region
 
 PROMPT = "a red apple to the left of a blue cup"
 
@@ -211,6 +211,24 @@ def test_rating_scale_matches_the_rubric_bands():
     assert '"score"' in global_question(PROMPT, "text") and "neutral" in global_question(PROMPT, "text")
     with pytest.raises(ValueError):
         global_question(PROMPT, "probabilities")
+
+
+def test_compact_wording_asks_the_same_question_in_a_few_words():
+    full, short = local_question(PROMPT, "the box", "logits"), local_question(PROMPT, "the box", "logits", "compact")
+    assert PROMPT in short and "the box" in short and len(short) < len(full) / 5
+    assert PROMPT in global_question(PROMPT, "logits", "compact") and "Region" not in global_question(PROMPT, "logits", "compact")
+    with pytest.raises(ValueError, match="logits"):
+        global_question(PROMPT, "text", "compact")      # a written score needs the rubric's format
+    with pytest.raises(ValueError, match="wording"):
+        local_question(PROMPT, "the box", "logits", "terse")
+    with pytest.raises(ConfigError, match="logits"):
+        load_config(JudgeConfig, None, ["wording=compact"])
+    # the configured wording is what reaches the backend
+    backend = FakeBackend(probs_for=lambda q: ([0.0] * 8 + [1.0], 1.0))
+    judge_image(backend, _image(), PROMPT, _regions()[:1], JudgeConfig(mode="logits", wording="compact"))
+    asked = [q for call in backend.calls for q in call["prompts"]]
+    assert asked == [global_question(PROMPT, "logits", "compact"),
+                     local_question(PROMPT, show_region(_image(), _regions()[0]["bbox"], RegionView())[1], "logits", "compact")]
 
 
 # ------------------------------------------------------------------ config

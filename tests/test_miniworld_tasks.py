@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import re
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -104,6 +106,28 @@ def test_judge_digits_follow_the_rubric_rules():
     spec = W.sample_prompt("color", rng, "train")
     assert tasks.global_digit(spec, W.sample_scene(spec, rng)) == "5"    # no relation: neutral
     assert tasks.local_digit(spec, None) == "5" and not tasks.is_relevant(spec, None)
+
+
+def test_judge_rows_are_asked_in_the_configured_wording():
+    from srum.judge.rubric import global_question, local_question
+    from srum.proposals.grounding import GroundingConfig
+    rng = np.random.default_rng(9)
+    spec, scene = _spatial(rng)
+    image = W.render(scene)
+    for wording, grounding in (("rubric", "full"), ("compact", "compact")):
+        rows = tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording=wording)
+        assert rows[0] == ("judge_global", global_question(spec.text, "logits", wording), "9")
+        phrases = [q.split("Region: ")[1].split(".\n")[0] for k, q, _ in rows if k == "judge_local"] if wording == "compact" else None
+        assert not phrases or all(re.fullmatch(r"the box \(\d+, \d+, \d+, \d+\)", p) for p in phrases)
+        locals_ = [q for k, q, _ in rows if k == "judge_local"]
+        relevance = [q for k, q, _ in rows if k == "relevance"]
+        assert locals_ and len(locals_) == len(relevance)
+        if phrases:    # exactly the questions srum judge / srum propose ask in that wording
+            assert locals_ == [local_question(spec.text, p, "logits", "compact") for p in phrases]
+            assert relevance == [GroundingConfig(wording="compact").question_for(spec.text, p) for p in phrases]
+    short = sum(len(q) for _, q, _ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording="compact"))
+    long = sum(len(q) for _, q, _ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1)))
+    assert short < long / 5
 
 
 def test_training_data_never_holds_a_heldout_combination(tmp_path):

@@ -12,7 +12,7 @@ from srum.proposals import (CleanupConfig, GroundingConfig, ProposalConfig, SamC
                             build_sam, clean_regions, ground_regions, propose_for_image,
                             propose_regions, select_kept, write_tiny_sam)
 from srum.records import decode_rle
-from srum.regions import RegionView
+from srum.regions import RegionView, show_region
 
 WIDTH, HEIGHT = 64, 48  # not square, so a transposed mask or box shows
 
@@ -290,6 +290,11 @@ def test_grounding_disabled_or_without_model():
     model = FakeModel([0.7])
     ground_regions(model, scene(), "a cat", boxes(1), cfg)
     assert model.calls == [["For 'a cat': is the area inside the red rectangle relevant? yes or no"]]
+    model = FakeModel([0.7])    # the compact wording: the same question in a few words
+    ground_regions(model, scene(), "a cat", boxes(1), GroundingConfig(wording="compact"))
+    assert model.calls == [['Prompt: "a cat".\nRegion: the area inside the red rectangle.\nIs the region relevant? Yes or no.']]
+    with pytest.raises(ValueError, match="wording"):
+        GroundingConfig(wording="terse")
 
 
 @pytest.mark.parametrize("view", [RegionView("mark"), RegionView("crop"), RegionView("crop", crop_context=True),
@@ -391,3 +396,14 @@ def test_top_k_keeps_the_most_relevant_of_the_accepted_regions():
     assert [r["area"] for r in regions] == [int(masks[i].sum()) for i in (13, 12, 11, 10)]
     with pytest.raises(ValueError, match="grounding_pool"):
         CleanupConfig(top_k=10, grounding_pool=5)
+
+
+def test_coords_view_names_the_box_on_its_grid_in_either_phrase():
+    image = scene()                       # 64 x 48
+    box = [16.0, 12.0, 48.0, 36.0]
+    views, full = show_region(image, box, RegionView("coords", coords_scale=100))
+    assert views == [image] and full.startswith("the area with corners (25, 25) and (75, 75)") and "0 to 100" in full
+    views, short = show_region(image, box, RegionView("coords", coords_scale=64, coords_phrase="compact"))
+    assert views == [image] and short == "the box (16, 16, 48, 48)"
+    with pytest.raises(ValueError, match="coords_phrase"):
+        RegionView("coords", coords_phrase="tiny")

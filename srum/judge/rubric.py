@@ -132,6 +132,14 @@ _TEXT_FORMAT_LOCAL = (
 
 _DIGIT_FORMAT = "Answer with a single digit from 1 to 9 and nothing else."
 
+# The compact wording (``judge.wording: compact``, logits mode only): the same questions in
+# a few words instead of 500-700 tokens. For a small model trained on its own judge rows (the
+# miniature world), where the rubric's fixed text would take most of every training pack while
+# the answer is one digit; the meaning of the digits is then learnt from the training answers.
+_COMPACT_GLOBAL = 'Prompt: "{prompt}".\nRate the layout from 1 to 9.'
+_COMPACT_LOCAL = 'Prompt: "{prompt}".\nRegion: {region}.\nRate the region from 1 to 9.'
+WORDINGS = ("rubric", "compact")
+
 
 def _bands_as_scores(bands: tuple[Band, ...]) -> str:
     return "Scale from -1.0 to 1.0:\n" + "".join(f"- {b.scores}: {b.meaning}.\n" for b in bands) + "\n"
@@ -146,8 +154,19 @@ def _quote(text: str) -> str:
     return " ".join(str(text).split()).replace('"', "'")
 
 
-def global_question(prompt: str, mode: str) -> str:
-    """The global layout question for a text prompt; ``mode`` is "text" or "logits"."""
+def _check_wording(mode: str, wording: str) -> None:
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {list(WORDINGS)}, got {wording!r}")
+    if wording == "compact" and mode != "logits":
+        raise ValueError(f"the compact wording asks for a digit: it needs mode 'logits', got {mode!r}")
+
+
+def global_question(prompt: str, mode: str, wording: str = "rubric") -> str:
+    """The global layout question for a text prompt; ``mode`` is "text" or "logits";
+    ``wording`` "rubric" (the full rubric) or "compact" (logits mode only)."""
+    _check_wording(mode, wording)
+    if wording == "compact":
+        return _COMPACT_GLOBAL.format(prompt=_quote(prompt))
     task = _GLOBAL_TASK.format(prompt=_quote(prompt))
     if mode == "text":
         return task + _bands_as_scores(GLOBAL_BANDS) + _TEXT_FORMAT_GLOBAL.format()
@@ -156,9 +175,13 @@ def global_question(prompt: str, mode: str) -> str:
     raise ValueError(f"mode must be 'text' or 'logits', got {mode!r}")
 
 
-def local_question(prompt: str, region_phrase: str, mode: str) -> str:
+def local_question(prompt: str, region_phrase: str, mode: str, wording: str = "rubric") -> str:
     """The local question about one region, named by ``region_phrase`` (from
-    :func:`srum.regions.show_region`, e.g. "the area inside the red rectangle")."""
+    :func:`srum.regions.show_region`, e.g. "the area inside the red rectangle");
+    ``wording`` as for :func:`global_question`."""
+    _check_wording(mode, wording)
+    if wording == "compact":
+        return _COMPACT_LOCAL.format(prompt=_quote(prompt), region=region_phrase)
     task = _LOCAL_TASK.format(prompt=_quote(prompt), region=region_phrase)
     if mode == "text":
         return task + _bands_as_scores(LOCAL_BANDS) + _TEXT_FORMAT_LOCAL.format()

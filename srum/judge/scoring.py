@@ -36,7 +36,7 @@ from srum.regions import RegionView, show_region
 from .errors import JudgeRequestError
 from .openai_backend import OpenAIServerConfig
 from .parse import ParseError, parse_judgment
-from .rubric import RATING_SCALE, global_question, local_question
+from .rubric import RATING_SCALE, WORDINGS, global_question, local_question
 
 
 @dataclass
@@ -46,6 +46,7 @@ class JudgeConfig:
     backend: Literal["self", "qwen2_5_vl", "openai"] = "self"   # "self": the Bagel being trained judges itself
     judge_model: str | None = field(default=None, metadata=MODEL)   # qwen2_5_vl: directory or hub id; openai: served name
     mode: Literal["text", "logits"] = "text"   # parsed written answers, or expected score from logits
+    wording: Literal["rubric", "compact"] = "rubric"   # the questions' text; compact: ~30 tokens, logits mode only
     think: bool = True                  # text mode: reason inside <think> ... </think> before answering
     think_system_prompt: str | None = None   # None: the backend's own (Bagel's think prompt for "self")
     think_system_prompt_file: str | None = None   # or read it from this file (e.g. the trained wording)
@@ -63,6 +64,10 @@ class JudgeConfig:
     server: OpenAIServerConfig = field(default_factory=OpenAIServerConfig)   # openai: the judge server (EVAL.md)
 
     def __post_init__(self):
+        if self.wording not in WORDINGS:
+            raise ValueError(f"wording must be one of {list(WORDINGS)}, got {self.wording!r}")
+        if self.wording == "compact" and self.mode != "logits":
+            raise ValueError("wording 'compact' asks for a digit: it needs mode 'logits'")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.retries < 0:
@@ -175,14 +180,14 @@ def _questions(image: PIL.Image.Image, prompt: str, regions: list[dict], cfg: Ju
         _check_bbox(region, k, image.size)
     global_q = None
     if cfg.judge_global:
-        global_q = _Question("global", [image], global_question(prompt, cfg.mode))
+        global_q = _Question("global", [image], global_question(prompt, cfg.mode, cfg.wording))
     local_qs: list[_Question | None] = []
     for region in regions:
         if not cfg.judge_local or not _is_kept(region):
             local_qs.append(None)
             continue
         views, phrase = show_region(image, region["bbox"], cfg.view)
-        local_qs.append(_Question("local", views, local_question(prompt, phrase, cfg.mode)))
+        local_qs.append(_Question("local", views, local_question(prompt, phrase, cfg.mode, cfg.wording)))
     return _ImageQuestions(regions, global_q, local_qs)
 
 

@@ -45,7 +45,8 @@ __all__ = ["AbilitiesConfig", "measure_understanding", "measure_generation", "me
 class AbilitiesConfig:
     """scenes / questions_per_scene: held-out rendered scenes for understanding.
     per_category: held-out prompts per category for generation and judge agreement.
-    seed: scene, question and image seeds. Sampling: the defaults of ``srum eval miniworld``
+    seed: scene, question and image seeds. judge_wording: the judge's questions ("rubric" or
+    "compact", as the model was trained: ``data.judge_wording``). Sampling: the defaults of ``srum eval miniworld``
     (configs/eval/miniworld.yaml): 20 steps, text CFG 3 over the whole schedule, no shift."""
 
     scenes: int = 300
@@ -58,6 +59,7 @@ class AbilitiesConfig:
     timestep_shift: float = 1.0
     batch_size: int = 32
     think: bool = True
+    judge_wording: str = "rubric"
 
 
 def _normalise(answer: str) -> str:
@@ -127,11 +129,11 @@ def measure_generation(model, cfg: AbilitiesConfig) -> tuple[dict, list, list]:
 
 
 @torch.no_grad()
-def measure_judge_agreement(model, specs, images) -> dict:
+def measure_judge_agreement(model, specs, images, wording: str = "rubric") -> dict:
     from ..judge.backends import SelfJudge
     from ..judge.scoring import JudgeConfig, judge_image
     judge = SelfJudge(model)
-    cfg = JudgeConfig(mode="logits", view=tasks.COORDS_VIEW, min_scale_mass=0.0, batch_size=16)
+    cfg = JudgeConfig(mode="logits", wording=wording, view=tasks.region_view(wording), min_scale_mass=0.0, batch_size=16)
     pairs = {"global": [], "local": []}   # (judge says good, oracle says good)
     for spec, image in zip(specs, images):
         verdict = O.check(spec, image)
@@ -167,7 +169,7 @@ def measure_abilities(model, cfg: AbilitiesConfig) -> dict:
     log.info("understanding: %.1f %%", out["understanding"]["accuracy"])
     out["generation"], specs, images = measure_generation(model, cfg)
     log.info("generation: %s", out["generation"])
-    out["judge_agreement"] = measure_judge_agreement(model, specs, images)
+    out["judge_agreement"] = measure_judge_agreement(model, specs, images, cfg.judge_wording)
     log.info("judge agreement: %s", out["judge_agreement"])
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -50,6 +50,9 @@ class DataConfig:
     judge_scenes: (prompt, scene) pairs, half of them violating it (:func:`world.sample_negative_scene`),
         each asked the judge's global question and local + relevance questions for up to
         two regions.
+    judge_wording: the wording of those judge and relevance questions, "rubric" or "compact"
+        (``judge.wording`` / ``proposals.grounding.wording`` of the pipeline that will ask them;
+        compact rows are ~30 tokens instead of 200-700, so a pack holds far more of them).
     workers: rendering processes (0 = in this process)."""
 
     prompts: int = 60000
@@ -60,6 +63,7 @@ class DataConfig:
     detection_prob: float = 0.3
     judge_scenes: int = 10000
     corrupt_prob: float = 0.5
+    judge_wording: str = "rubric"
     seed: int = 0
     workers: int = 0
 
@@ -67,6 +71,8 @@ class DataConfig:
         bad = [k for k in self.question_kinds if k not in tasks.QUESTION_KINDS]
         if bad:
             raise ValueError(f"data.question_kinds: {bad} are not question kinds {list(tasks.QUESTION_KINDS)}")
+        if self.judge_wording not in ("rubric", "compact"):
+            raise ValueError(f"data.judge_wording must be 'rubric' or 'compact', got {self.judge_wording!r}")
 
 
 def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
@@ -126,7 +132,7 @@ def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
                 violation = "none found"
         image = W.render(scene)
         rel = _save(image, out, f"images/judge/{i:07d}.png")
-        for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng)):
+        for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng, wording=cfg.judge_wording)):
             rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": rel, "question": question,
                          "answer": answer, "meta": {"kind": kind, "violation": violation}})
     return rows

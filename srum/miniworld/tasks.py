@@ -39,17 +39,24 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..judge.rubric import global_question, local_question
-from ..proposals.grounding import DEFAULT_QUESTION as RELEVANCE_QUESTION
+from ..proposals.grounding import QUESTIONS as RELEVANCE_QUESTIONS
 from ..proposals.self_boxes import DEFAULT_BOXES_QUESTION
 from ..regions import RegionView, show_region
 from . import world as W
 
-__all__ = ["COORDS_VIEW", "DETECTION_QUESTION", "plan_text", "parse_plan", "scene_questions",
+__all__ = ["COORDS_VIEW", "COMPACT_COORDS_VIEW", "region_view", "DETECTION_QUESTION", "plan_text", "parse_plan", "scene_questions",
            "detection_answer", "judge_questions", "global_digit",
            "local_digit", "is_relevant", "region_phrase"]
 
 # the region view of the miniature pipeline: 0..64 integer coordinates (pixels at 64 px)
 COORDS_VIEW = RegionView(mode="coords", coords_scale=64)
+# with the compact wording the region is named in a few words too: "the box (x1, y1, x2, y2)"
+COMPACT_COORDS_VIEW = RegionView(mode="coords", coords_scale=64, coords_phrase="compact")
+
+
+def region_view(wording: str = "rubric") -> RegionView:
+    """How the judge and the relevance filter show a region to the miniature model in that wording."""
+    return COMPACT_COORDS_VIEW if wording == "compact" else COORDS_VIEW
 
 # the question of the ``self`` region proposals; the miniature pipeline sets coords_scale 64
 DETECTION_QUESTION = DEFAULT_BOXES_QUESTION
@@ -245,9 +252,9 @@ def is_relevant(spec: W.PromptSpec, obj: W.WorldObject | None) -> bool:
     return obj is not None and any(_related(obj, s) for s in spec.objects)
 
 
-def region_phrase(image, bbox) -> str:
-    """How the judge and the relevance filter name a region in the coords view."""
-    return show_region(image, bbox, COORDS_VIEW)[1]
+def region_phrase(image, bbox, wording: str = "rubric") -> str:
+    """How the judge and the relevance filter name a region (:func:`region_view`)."""
+    return show_region(image, bbox, region_view(wording))[1]
 
 
 def _background_box(scene: W.Scene, rng: np.random.Generator) -> tuple[float, float, float, float] | None:
@@ -271,10 +278,13 @@ def _jitter_box(box, rng: np.random.Generator, amount: float = 2.0):
 
 
 def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Generator,
-                    max_regions: int = 2) -> list[tuple[str, str, str]]:
+                    max_regions: int = 2, wording: str = "rubric") -> list[tuple[str, str, str]]:
     """(kind, question, answer) triples for the questions ``srum judge`` (logits mode) and
-    the relevance filter of ``srum propose`` ask about ``image`` generated for ``spec``."""
-    out = [("judge_global", global_question(spec.text, "logits"), global_digit(spec, scene))]
+    the relevance filter of ``srum propose`` ask about ``image`` generated for ``spec``.
+    ``wording``: "rubric" (``judge.wording: rubric`` with ``proposals.grounding.wording:
+    full``) or "compact" (both compact), as the model will be asked."""
+    relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
+    out = [("judge_global", global_question(spec.text, "logits", wording), global_digit(spec, scene))]
     objs = list(scene.objects)
     picks = [objs[int(i)] for i in rng.permutation(len(objs))[:max_regions]]
     regions: list[tuple[W.WorldObject | None, tuple]] = [(o, _jitter_box(o.bbox(), rng)) for o in picks]
@@ -283,9 +293,9 @@ def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Ge
         if box is not None:
             regions.append((None, box))
     for obj, box in regions:
-        phrase = region_phrase(image, box)
-        out.append(("judge_local", local_question(spec.text, phrase, "logits"), local_digit(spec, obj)))
-        out.append(("relevance", RELEVANCE_QUESTION.format(prompt=spec.text, region=phrase),
+        phrase = region_phrase(image, box, wording)
+        out.append(("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj)))
+        out.append(("relevance", relevance_question.format(prompt=spec.text, region=phrase),
                     "Yes" if is_relevant(spec, obj) else "No"))
     return out
 

@@ -35,6 +35,10 @@ DEFAULT_QUESTION = (
     "mentions, an attribute of such an object, or a part of the background the prompt "
     "describes? Answer yes or no."
 )
+# The compact wording (``wording: compact``): the same question in a few words, for a small
+# model trained on its own relevance rows (the miniature world; see srum.judge.rubric).
+COMPACT_QUESTION = 'Prompt: "{prompt}".\nRegion: {region}.\nIs the region relevant? Yes or no.'
+QUESTIONS = {"full": DEFAULT_QUESTION, "compact": COMPACT_QUESTION}
 
 
 @dataclass
@@ -49,8 +53,9 @@ class GroundingConfig:
       threshold; 0 allows an image with no kept region.
     * ``max_keep``: keep at most this many (the most probable); ``None``: no limit.
     * ``batch_size``: regions per model forward.
-    * ``question``: the question template; ``None`` uses :data:`DEFAULT_QUESTION`. Must
-      contain ``{prompt}`` and ``{region}``.
+    * ``wording``: "full" (:data:`DEFAULT_QUESTION`) or "compact" (:data:`COMPACT_QUESTION`).
+    * ``question``: the question template, overriding ``wording``; ``None`` uses the
+      wording's. Must contain ``{prompt}`` and ``{region}``.
     """
 
     enabled: bool = True
@@ -59,6 +64,7 @@ class GroundingConfig:
     min_keep: int = 1
     max_keep: int | None = None
     batch_size: int = 8
+    wording: str = "full"
     question: str | None = None
 
     def __post_init__(self):
@@ -71,6 +77,8 @@ class GroundingConfig:
                              f"(min_keep {self.min_keep})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.wording not in QUESTIONS:
+            raise ValueError(f"wording must be one of {list(QUESTIONS)}, got {self.wording!r}")
         if self.question is not None:
             for key in ("{prompt}", "{region}"):
                 if key not in self.question:
@@ -82,7 +90,7 @@ class GroundingConfig:
                                  "only {prompt} and {region} may appear in braces") from None
 
     def question_for(self, prompt: str, region_phrase: str) -> str:
-        return (self.question or DEFAULT_QUESTION).format(prompt=prompt, region=region_phrase)
+        return (self.question or QUESTIONS[self.wording]).format(prompt=prompt, region=region_phrase)
 
 
 def select_kept(p_relevant: Sequence[float], cfg: GroundingConfig) -> tuple[list[bool], dict]:
