@@ -103,6 +103,13 @@ def test_judge_digits_follow_the_rubric_rules():
         for obj in scene.objects:
             assert tasks.local_digit(spec, obj) == "9" and tasks.is_relevant(spec, obj)
     assert seen == {"1", "3"}
+    melted = None
+    while melted is None:    # None when both asked objects are circles
+        spec, _ = _spatial(rng)
+        melted = W.sample_artifact_scene(spec, rng)
+    obj = next(o for o in melted.objects if o.melt)
+    assert tasks.local_digit(spec, obj) == "3" and tasks.is_relevant(spec, obj)   # relevant, severe artifacts
+    assert tasks.global_digit(spec, melted) == "9"                              # the layout is still right
     spec = W.sample_prompt("color", rng, "train")
     assert tasks.global_digit(spec, W.sample_scene(spec, rng)) == "5"    # no relation: neutral
     assert tasks.local_digit(spec, None) == "5" and not tasks.is_relevant(spec, None)
@@ -146,6 +153,20 @@ def test_training_data_never_holds_a_heldout_combination(tmp_path):
     assert again == summary
     words = " ".join(text_corpus(tmp_path / "d"))
     assert all(w in words for w in list(W.SHAPES) + list(W.COLORS))
+
+
+def test_judge_rows_with_artifacts_in_the_compact_wording(tmp_path):
+    cfg = DataConfig(prompts=6, vqa_scenes=6, judge_scenes=60, corrupt_prob=0.3, artifact_prob=0.6,
+                     judge_wording="compact", seed=2)
+    summary = write_training_data(tmp_path / "d", cfg)
+    rows = [json.loads(line) for line in (tmp_path / "d" / "vqa.jsonl").read_text().splitlines()]
+    judge = [r for r in rows if r["meta"]["kind"].startswith("judge") or r["meta"]["kind"] == "relevance"]
+    assert summary["judge_violations"].get("artifact", 0) > 0
+    assert all(len(r["question"]) < 200 for r in judge)              # compact: no rubric text
+    melted = [r for r in judge if r["meta"]["violation"] == "artifact" and r["meta"]["kind"] == "judge_local"]
+    assert melted and {r["answer"] for r in melted} <= {"9", "3", "2", "5"} and "3" in {r["answer"] for r in melted}
+    with pytest.raises(ValueError, match="artifact_prob"):
+        DataConfig(artifact_prob=2.0)
 
 
 def test_autoencoder_objective_learns_and_normalises():

@@ -166,6 +166,31 @@ def test_negative_scenes_violate_the_prompt_by_the_named_change():
 
 
 # ---------------------------------------------------------------- the split
+def test_artifact_scenes_melt_one_asked_object_and_keep_the_truth():
+    rng = np.random.default_rng(3)
+    seen = 0
+    for i in range(60):
+        spec = W.sample_prompt(W.CATEGORIES[i % len(W.CATEGORIES)], rng, "train")
+        scene = W.sample_artifact_scene(spec, rng)
+        if scene is None:    # every asked object is a circle
+            assert all(o.shape == "circle" for o in W.sample_scene(spec, rng).objects if any(s.matches(o) for s in spec.objects))
+            continue
+        seen += 1
+        melted = [o for o in scene.objects if o.melt]
+        assert len(melted) == 1 and melted[0].shape != "circle" and W.MELT_RANGE[0] <= melted[0].melt <= W.MELT_RANGE[1]
+        assert W.spec_satisfied(spec, scene)["overall"]         # a rendering flaw, not a wrong attribute
+        assert W.Scene.from_dict(scene.to_dict()) == scene
+        image = np.asarray(W.render(scene))
+        assert np.array_equal(image, np.asarray(W.render(scene)))   # reproducible from melt_seed
+        clean = W.Scene(tuple(W.WorldObject(o.shape, o.color, o.size, o.fill, o.x, o.y) for o in scene.objects))
+        x1, y1, x2, y2 = melted[0].bbox()
+        assert not np.array_equal(image[y1:y2, x1:x2], np.asarray(W.render(clean))[y1:y2, x1:x2])
+    assert seen > 30
+    assert "melt" not in W.WorldObject("circle", "red", "small", "solid", 10.0, 10.0).to_dict()   # clean dicts unchanged
+    with pytest.raises(ValueError, match="melt"):
+        W.WorldObject("square", "red", "small", "solid", 10.0, 10.0, melt=1.5)
+
+
 def test_split_by_combination():
     rng = _rng(4)
     kinds = list(itertools.product(W.COLORS, W.SHAPES))

@@ -50,6 +50,9 @@ class DataConfig:
     judge_scenes: (prompt, scene) pairs, half of them violating it (:func:`world.sample_negative_scene`),
         each asked the judge's global question and local + relevance questions for up to
         two regions.
+    artifact_prob: the share of the other judge scenes (those that satisfy their prompt) drawn
+        with one asked object malformed (:func:`world.sample_artifact_scene`), which the local
+        rubric rates 3: the judge's examples of what an undertrained generator draws.
     judge_wording: the wording of those judge and relevance questions, "rubric" or "compact"
         (``judge.wording`` / ``proposals.grounding.wording`` of the pipeline that will ask them;
         compact rows are ~30 tokens instead of 200-700, so a pack holds far more of them).
@@ -63,6 +66,7 @@ class DataConfig:
     detection_prob: float = 0.3
     judge_scenes: int = 10000
     corrupt_prob: float = 0.5
+    artifact_prob: float = 0.0
     judge_wording: str = "rubric"
     seed: int = 0
     workers: int = 0
@@ -73,6 +77,8 @@ class DataConfig:
             raise ValueError(f"data.question_kinds: {bad} are not question kinds {list(tasks.QUESTION_KINDS)}")
         if self.judge_wording not in ("rubric", "compact"):
             raise ValueError(f"data.judge_wording must be 'rubric' or 'compact', got {self.judge_wording!r}")
+        if not 0.0 <= self.artifact_prob <= 1.0:
+            raise ValueError(f"data.artifact_prob must be in [0, 1], got {self.artifact_prob}")
 
 
 def item_rng(seed: int, kind: str, index: int) -> np.random.Generator:
@@ -130,6 +136,10 @@ def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
                 scene, violation = W.sample_negative_scene(spec, rng)
             except RuntimeError:  # no violating layout for this prompt: the good one stays (counted)
                 violation = "none found"
+        elif cfg.artifact_prob > 0 and rng.random() < cfg.artifact_prob:
+            melted = W.sample_artifact_scene(spec, rng)
+            if melted is not None:
+                scene, violation = melted, "artifact"
         image = W.render(scene)
         rel = _save(image, out, f"images/judge/{i:07d}.png")
         for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng, wording=cfg.judge_wording)):

@@ -238,9 +238,13 @@ def global_digit(spec: W.PromptSpec, scene: W.Scene) -> str:
 
 
 def local_digit(spec: W.PromptSpec, obj: W.WorldObject | None) -> str:
-    """The rating (1..9) of a region around ``obj`` (None: empty background)."""
+    """The rating (1..9) of a region around ``obj`` (None: empty background). A malformed
+    (melted) object is "a relevant object with severe artifacts" (3) however right its
+    attributes are."""
     if obj is None:
         return "5"
+    if obj.melt:
+        return "3" if any(_related(obj, s) for s in spec.objects) else "2"
     if any(_matches(obj, s) for s in spec.objects):
         return "9"
     if any(_related(obj, s) for s in spec.objects):

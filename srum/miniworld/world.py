@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 IMAGE_SIZE = 64                      # pixels, square
 SUPERSAMPLE = 4                      # drawn at 4x, then box-downsampled (anti-aliasing)
@@ -82,7 +82,14 @@ _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "be
 # ------------------------------------------------------------------ scenes and pictures
 @dataclass(frozen=True)
 class WorldObject:
-    """One object: attributes and its box centre ``(x, y)`` in pixels of the 64x64 frame."""
+    """One object: attributes and its box centre ``(x, y)`` in pixels of the 64x64 frame.
+
+    ``melt`` (0 = clean, up to 1) draws the object *malformed*, the way an undertrained
+    generator draws it: its outline warped and rounded off, its stripes smeared
+    (:func:`_draw_melted`, reproducible from ``melt_seed``). A rendering flaw only: the
+    object keeps its attributes and position, so the ground truth of a prompt
+    (:func:`evaluate_spec`) does not change; the judge's local rubric calls such a region
+    bad (:mod:`.tasks`). Only the judge's training scenes hold melted objects."""
 
     shape: str
     color: str
@@ -90,11 +97,15 @@ class WorldObject:
     fill: str
     x: float
     y: float
+    melt: float = 0.0
+    melt_seed: int = 0
 
     def __post_init__(self):
         for value, allowed in ((self.shape, SHAPES), (self.color, COLORS), (self.size, SIZES), (self.fill, FILLS)):
             if value not in allowed:
                 raise ValueError(f"{value!r} is not one of {list(allowed)}")
+        if not 0.0 <= self.melt <= 1.0:
+            raise ValueError(f"melt must be in [0, 1], got {self.melt}")
 
     @property
     def extent(self) -> int:
@@ -122,7 +133,10 @@ class WorldObject:
         return ObjectSpec(self.shape, self.color, self.size, self.fill).phrase()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.melt:   # clean objects keep the dict they always had
+            del d["melt"], d["melt_seed"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -158,13 +172,51 @@ def _draw(draw: ImageDraw.ImageDraw, obj: WorldObject, ss: int) -> None:
             top += rows * ss
 
 
+MELT_WARP = 0.4    # x melt x extent: how far each corner of the object's window may move
+MELT_BLUR = 0.25   # x melt x extent: the blur radius before the silhouette is thresholded again
+
+
+def _draw_melted(canvas: Image.Image, obj: WorldObject, ss: int) -> None:
+    """Draw ``obj`` malformed: the solid silhouette's window warped by a random
+    quadrilateral (corners moved by up to MELT_WARP x melt x extent), blurred and
+    thresholded at half, which rounds corners off, as an undertrained generator's blobs
+    look; a striped object then gets its black rows across the melted silhouette."""
+    rng = np.random.default_rng([int(obj.melt_seed), 11])
+    extent = obj.extent * ss
+    x1, y1, x2, y2 = (round(v * ss) for v in obj.box())
+    pad = extent // 2
+    win = (x1 - pad, y1 - pad, x2 + pad, y2 + pad)
+    size = (win[2] - win[0], win[3] - win[1])
+    solid = Image.new("RGB", size)
+    _draw(ImageDraw.Draw(solid), WorldObject(obj.shape, obj.color, obj.size, "solid", obj.x - win[0] / ss,
+                                             obj.y - win[1] / ss), ss)
+    layer = solid.convert("L").point(lambda v: 255 if v > 0 else 0)
+    jitter = MELT_WARP * obj.melt * extent
+    quad = [v + float(rng.uniform(-jitter, jitter)) for v in (0, 0, 0, size[1], size[0], size[1], size[0], 0)]
+    warped = layer.transform(size, Image.QUAD, data=quad, resample=Image.BILINEAR)
+    blurred = warped.filter(ImageFilter.GaussianBlur(MELT_BLUR * obj.melt * extent))
+    mask = blurred.point(lambda v: 255 if v >= 128 else 0)
+    canvas.paste(Image.new("RGB", size, COLORS[obj.color]), win[:2], mask)
+    if obj.fill == "striped":   # the odd bands black, across whatever the silhouette became
+        rows = Image.new("L", size)
+        draw, top = ImageDraw.Draw(rows), pad
+        for k, n in enumerate(STRIPES[obj.size]):
+            if k % 2:
+                draw.rectangle([0, top, size[0] - 1, top + n * ss - 1], fill=255)
+            top += n * ss
+        canvas.paste(Image.new("RGB", size), win[:2], Image.fromarray(np.minimum(np.asarray(mask), np.asarray(rows))))
+
+
 def render(scene: Scene) -> Image.Image:
     """The 64x64 RGB picture of ``scene`` (deterministic)."""
     ss = SUPERSAMPLE
     canvas = Image.new("RGB", (IMAGE_SIZE * ss, IMAGE_SIZE * ss))
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
-        _draw(draw, obj, ss)
+        if obj.melt:
+            _draw_melted(canvas, obj, ss)
+        else:
+            _draw(draw, obj, ss)
     return canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
 
 
@@ -594,6 +646,27 @@ def sample_negative_scene(spec: PromptSpec, rng: np.random.Generator, kind: str 
             if k == order[-1]:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+MELT_RANGE = (0.6, 1.0)
+
+
+def sample_artifact_scene(spec: PromptSpec, rng: np.random.Generator,
+                          avoid_heldout: bool | None = None) -> Scene | None:
+    """A scene that satisfies ``spec`` (:func:`sample_scene`) with one of the objects it
+    asks for drawn malformed (``melt`` in :data:`MELT_RANGE`): the judge's example of a
+    relevant object with severe artifacts. Circles are never melted (rounding off a circle
+    leaves a circle); None when every asked object is a circle."""
+    scene = sample_scene(spec, rng, avoid_heldout)
+    objs = list(scene.objects)
+    picks = [k for k, o in enumerate(objs) if o.shape != "circle" and any(s.matches(o) for s in spec.objects)]
+    if not picks:
+        return None
+    k = picks[int(rng.integers(len(picks)))]
+    o = objs[k]
+    objs[k] = WorldObject(o.shape, o.color, o.size, o.fill, o.x, o.y, melt=round(float(rng.uniform(*MELT_RANGE)), 3),
+                          melt_seed=int(rng.integers(2 ** 31)))
+    return Scene(tuple(objs))
 
 
 def sample_training_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
