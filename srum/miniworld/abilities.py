@@ -45,8 +45,9 @@ __all__ = ["AbilitiesConfig", "measure_understanding", "measure_generation", "me
 class AbilitiesConfig:
     """scenes / questions_per_scene: held-out rendered scenes for understanding.
     per_category: held-out prompts per category for generation and judge agreement.
-    seed: scene, question and image seeds. judge_wording: the judge's questions ("rubric" or
-    "compact", as the model was trained: ``data.judge_wording``). Sampling: the defaults of ``srum eval miniworld``
+    seed: scene, question and image seeds. judge_wording: the judge's questions ("compact",
+    as the shipped model was trained: ``data.judge_wording``, or "rubric" for models of
+    stages 1-15). Sampling: the defaults of ``srum eval miniworld``
     (configs/eval/miniworld.yaml): 20 steps, text CFG 3 over the whole schedule, no shift."""
 
     scenes: int = 300
@@ -59,7 +60,7 @@ class AbilitiesConfig:
     timestep_shift: float = 1.0
     batch_size: int = 32
     think: bool = True
-    judge_wording: str = "rubric"
+    judge_wording: str = "compact"
 
 
 def _normalise(answer: str) -> str:

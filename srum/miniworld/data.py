@@ -67,7 +67,7 @@ class DataConfig:
     judge_scenes: int = 10000
     corrupt_prob: float = 0.5
     artifact_prob: float = 0.0
-    judge_wording: str = "rubric"
+    judge_wording: str = "compact"
     seed: int = 0
     workers: int = 0
 
