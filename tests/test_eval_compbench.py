@@ -347,3 +347,43 @@ def test_geneval_images_layout(tmp_path, tiny_dir):
         assert [p.name for p in folder.iterdir()] != [] and not list(folder.glob(".*"))
     rows = jsonl_rows(out / "manifest.jsonl")
     assert [r["seed"] for r in rows] == [image_seed(0, f"geneval_{i:05d}", k) for i in (0, 2) for k in (0, 1)]
+
+
+def test_score_resume_refuses_other_judge_settings_and_fresh_starts_over(tmp_path):
+    from srum.run_settings import REPLACED_PREFIX, SettingsChanged
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(3):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp_path / "images" / f"im{i}.png")
+        rows.append({"image_id": f"im{i}", "image_file": f"images/im{i}.png", "prompt": f"p{i}", "category": "color"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = RunLayout(tmp_path / "run").scores
+    asked = []
+
+    def answer(score):
+        def reply(question, sampled, generator):
+            asked.append(question)
+            return json.dumps({"score": score})
+        return ScriptedJudge(reply)
+
+    judge = CompBenchJudgeConfig(model="unused", batch_size=2)
+    assert run_score(manifest, out, judge, backend=answer(40))["mean_score"] == 40
+    # speed settings may change on a resume: nothing is asked again
+    asked.clear()
+    run_score(manifest, out, CompBenchJudgeConfig(model="unused", batch_size=1, retries=5), backend=answer(90))
+    assert asked == []
+    # a result-changing one is refused by name, and nothing is lost
+    other = CompBenchJudgeConfig(model="unused", question_template='Rate "{prompt}".')
+    with pytest.raises(SettingsChanged) as err:
+        run_score(manifest, out, other, backend=answer(90))
+    assert "judge.question_template" in str(err.value)
+    with pytest.raises(SettingsChanged, match="seed"):
+        run_score(manifest, out, judge, seed=1, backend=answer(90))
+    assert [r["score"] for r in jsonl_rows(out / "scores.jsonl")] == [40, 40, 40]
+    # fresh: the earlier scores move aside and every image is judged again
+    summary = run_score(manifest, out, other, backend=answer(90), fresh=True)
+    assert summary["mean_score"] == 90 and len(asked) == 3 and asked[0] == 'Rate "p0".'
+    moved = [p for p in out.iterdir() if p.name.startswith(REPLACED_PREFIX)]
+    assert len(moved) == 1 and [r["score"] for r in jsonl_rows(moved[0] / "scores.jsonl")] == [40, 40, 40]

@@ -68,7 +68,7 @@ def run_compbench(step: str, cfg) -> int:
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: no image manifest; run the generate step first or set images=")
         summary = run_score(manifest, layout.scores, cfg.judge, seed=cfg.seed, retry_errors=cfg.retry_errors,
-                            category=cfg.images_category, config=cfg)
+                            category=cfg.images_category, config=cfg, fresh=cfg.fresh)
         statuses.append(summary.get("status", "complete"))
         _free_accelerator_memory()
     if step in ("summarize", "all") and distributed.env_info().is_main:

@@ -323,7 +323,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
 
     from srum.stages.generate import image_seed
 
-    from .scoring import load_judge
+    from .scoring import judge_result_settings, load_judge
 
     cfg.question_dir()   # a missing question folder stops here, before any image is judged
     stage = ImageStage.open("eval t2i-reasonbench score", manifest, out_dir, manifest_name=SCORES_FILE,
@@ -364,8 +364,9 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Reas
         return {"num_scored": len(ok), "num_failed": sum(failed_judgment(r) for r in rows),
                 "mean_score": _mean([r["score"] for r in ok]), "mean_quality": _mean([r["quality"] for r in ok])}
 
+    settings = judge_result_settings(cfg.judge, seed=cfg.seed, questions=str(cfg.question_dir().resolve()))
     return stage.run(stage.each_batch(handle), batch_size=cfg.judge.batch_size, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize)
+                     retry_errors=cfg.retry_errors, summarize=summarize, settings=settings, fresh=cfg.fresh)
 
 
 # ------------------------------------------------------------------ step "summarize"

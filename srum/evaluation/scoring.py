@@ -36,6 +36,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal, Sequence
 
 import torch
@@ -47,6 +48,7 @@ from srum.judge.openai_backend import OpenAIServerConfig
 from srum.judge.parse import ParseError, brace_blocks, load_lenient, strip_reasoning
 from srum.stages.common import ImageStage, error_row, open_image, relative_to
 from srum.stages.generate import image_seed
+from srum.stages.outdir import result_settings
 
 DEFAULT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct"
 SCORES_FILE = "scores.jsonl"            # every judged image (ok and failed): what the summary reads
@@ -241,6 +243,21 @@ class CompBenchJudgeConfig:
         return (self.question_template or ALIGNMENT_QUESTION).format(prompt=prompt)
 
 
+# judge fields that decide where and how fast the questions are asked, not the answers (as
+# for ``srum judge``: retries only add attempts after the same first ones)
+JUDGE_NOT_RESULT_FIELDS = ("batch_size", "device", "device_map", "gpus_per_process", "retries",
+                           *(f"server.{name}" for name in OpenAIServerConfig.OPERATIONAL_FIELDS))
+
+
+def judge_result_settings(judge, **extra) -> dict:
+    """The result-changing settings of a judged score step: the judge's config less
+    :data:`JUDGE_NOT_RESULT_FIELDS`, plus ``extra`` (seed, benchmark files...). Recorded with
+    the scores; resuming with other ones is refused (``fresh=true`` starts over)."""
+    settings = result_settings(SimpleNamespace(judge=judge), ("judge",),
+                               tuple(f"judge.{name}" for name in JUDGE_NOT_RESULT_FIELDS))
+    return {**settings, **extra}
+
+
 def balanced_device_map(model_id: str, max_memory: dict, dtype: str | torch.dtype | None = "bfloat16") -> dict:
     """A module -> device map that spreads the Qwen2.5-VL ``model_id`` over the devices of
     ``max_memory`` (``{gpu index: bytes or "70GiB"}``), balanced like ``device_map="auto"``
@@ -355,13 +372,16 @@ def score_images(backend, images: Sequence, prompts: Sequence[str], cfg: CompBen
 
 # ------------------------------------------------------------------ the stage
 def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBenchJudgeConfig, *, seed: int = 0,
-              retry_errors: bool = False, category: str | None = None, config=None, backend=None) -> dict:
+              retry_errors: bool = False, category: str | None = None, config=None, backend=None,
+              fresh: bool = False) -> dict:
     """Score every image of ``images_manifest`` (ours, or the reference's ``output.jsonl``)
     into ``out_dir`` (sharded over torchrun processes, resumable; files in the module
     docstring). ``category`` fills rows that carry none (a one-category reference
     folder). ``retry_errors`` re-judges the failed judgments and the images not judged
     before. ``backend``: an already built judge (tests); default: load ``judge.model``.
-    Returns the stage summary (on rank 0; ``{}`` on the others)."""
+    A resume with other result-changing settings (:func:`judge_result_settings`, ``seed``,
+    ``category``) is refused; ``fresh`` moves the earlier scores aside first. Returns the
+    stage summary (on rank 0; ``{}`` on the others)."""
     stage = ImageStage.open("eval score", images_manifest, out_dir, manifest_name=SCORES_FILE,
                             retryable=failed_judgment, timeout_minutes=getattr(config, "timeout_minutes", None))
     items, out_dir = stage.items, stage.out.out_dir
@@ -400,7 +420,8 @@ def run_score(images_manifest: str | Path, out_dir: str | Path, judge: CompBench
                 "mean_score": sum(scored) / len(scored) if scored else None}
 
     return stage.run(process, batch_size=judge.batch_size, config=config or judge, retry_errors=retry_errors,
-                     summarize=summarize)
+                     summarize=summarize, settings=judge_result_settings(judge, seed=seed, category=category),
+                     fresh=fresh)
 
 
 def failed_judgment(row: dict) -> bool:

@@ -394,7 +394,7 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Wise
 
     from srum.stages.generate import image_seed
 
-    from .scoring import load_judge
+    from .scoring import judge_result_settings, load_judge
 
     variant = cfg.resolved_variant()   # a missing prompt file stops here, before any image is judged
     entries = {p.wise_id: p for p in read_prompts(cfg, selected=False)[0]}
@@ -433,8 +433,10 @@ def run_score(manifest: str | os.PathLike, out_dir: str | os.PathLike, cfg: Wise
         return {"num_scored": len(ok), "num_failed": sum(failed_judgment(r) for r in rows),
                 "mean_score": _mean([r["score"] for r in ok])}
 
+    settings = judge_result_settings(cfg.judge, seed=cfg.seed, variant=variant,
+                                     data_dir=str(Path(cfg.data_dir).resolve()))
     return stage.run(stage.each_batch(handle), batch_size=cfg.judge.batch_size, config=cfg,
-                     retry_errors=cfg.retry_errors, summarize=summarize)
+                     retry_errors=cfg.retry_errors, summarize=summarize, settings=settings, fresh=cfg.fresh)
 
 
 # ------------------------------------------------------------------ step "summarize"

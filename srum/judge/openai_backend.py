@@ -50,6 +50,10 @@ from .rubric import JUDGE_THINK_PROMPT
 class OpenAIServerConfig:
     """Where and how to reach an OpenAI-compatible judge server (EVAL.md documents it)."""
 
+    # how the questions reach the server, not what it answers (a resume may change them)
+    OPERATIONAL_FIELDS = ("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s",
+                          "max_backoff_s")
+
     base_url: str | None = None         # e.g. http://judge-node:8000/v1 (required for backend openai)
     model: str | None = None            # the served model name; None = the judge's model id
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key (unset -> "EMPTY")

@@ -19,6 +19,7 @@ import torch
 
 from srum.config import PATH
 from srum.judge.backends import load_judge_backend
+from srum.judge.openai_backend import OpenAIServerConfig
 from srum.judge.scoring import JudgeConfig, judge_images
 from srum.records import SCHEMA, RecordError, mask_problem, validate_record
 
@@ -32,8 +33,7 @@ from .outdir import result_settings
 # concurrency, timeouts and re-sends only decide how the same questions reach it)
 RESULT_FIELDS = ("model", "judge", "seed")
 NOT_RESULT_FIELDS = ("judge.batch_size", "judge.device", "judge.device_map", "judge.retries",
-                     *(f"judge.server.{name}" for name in ("base_url", "api_key_env", "concurrency", "timeout_s",
-                                                           "max_retries", "backoff_s", "max_backoff_s")))
+                     *(f"judge.server.{name}" for name in OpenAIServerConfig.OPERATIONAL_FIELDS))
 
 
 @dataclass
