@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image, ImageFilter
 
 from srum.miniworld import oracle as O
@@ -139,3 +140,34 @@ def test_agreement_with_the_ground_truth_on_1200_heldout_scenes():
           f"negatives {dict(kinds)}; misses: {misses[:3]}")
     assert set(kinds) == set(W.NEGATIVE_KINDS)
     assert overall >= 0.995 and right >= 0.995 and wrong >= 0.995 and perturbed >= 0.995
+
+
+def test_candidate_check_measures_candidates_and_the_judges_ranking(tmp_path):
+    """The study's oracle diagnostic: correct share, and the AUC of the judge's scores."""
+    from srum.miniworld.candidate_check import auc, check_candidates
+
+    assert auc([0.9, 0.8, 0.1], [True, True, False]) == 100.0
+    assert auc([0.1, 0.9], [True, False]) == 0.0 and auc([0.5, 0.5], [True, False]) == 50.0
+    assert auc([0.3], [True]) is None
+
+    rng = np.random.default_rng(3)
+    specs, rows = {}, []
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        spec = W.sample_prompt("color", rng)
+        specs[spec.text] = spec
+        good = i % 2 == 0
+        scene = W.sample_scene(spec, rng) if good else W.sample_negative_scene(spec, rng, kind="attribute")[0]
+        W.render(scene).save(tmp_path / "images" / f"{i}.png")
+        assert O.check(spec, W.render(scene)).correct == good
+        # a judge that ranks right globally and says the opposite of the truth for every region
+        regions = [{"bbox": list(o.bbox()), "status": "ok",
+                    "score": -1.0 if any(s.matches(o) for s in spec.objects) else 1.0} for o in scene.objects]
+        rows.append({"image_file": f"images/{i}.png", "prompt": spec.text,
+                     "global": {"status": "ok", "score": 0.8 if good else -0.2}, "regions": regions})
+    rows.append({"image_file": "images/none.png", "prompt": "a prompt nobody wrote", "global": {}})
+    (tmp_path / "rewards.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = check_candidates(tmp_path, specs)
+    assert (out["images"], out["skipped"], out["oracle_accuracy"]) == (6, 1, 50.0)
+    assert out["global_auc"] == 100.0 and out["global_mean_correct"] == pytest.approx(0.8)
+    assert out["regions_matched"] > 0 and out["local_auc"] == 0.0

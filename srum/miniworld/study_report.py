@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The tables of ``srum miniworld study`` (``study.json``, ``study.md``): per-variant accuracy
 as mean ± std over seeds, paired differences to the baseline, understanding before/after,
-candidate counts and runtimes, computed from the finished units only (no clock readings,
+candidate counts, the oracle's check of the candidates (:mod:`.candidate_check`) and
+runtimes, computed from the finished units only (no clock readings,
 so a rerun that changes nothing rewrites nothing)."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from ..fileio import atomic_write_text
 from ..pipeline import state
 from . import world as W
+from .candidate_check import check_candidates
 
 if TYPE_CHECKING:  # the units live in study.py, which imports this module
     from .study import Study
@@ -45,6 +47,12 @@ def _stats(values: list[float]) -> dict:
             "std": float(np.std(vals, ddof=1)) if n >= 2 else None, "n": n}
 
 
+def _specs(prompts_file: Path) -> dict[str, W.PromptSpec]:
+    with open(prompts_file, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {r["prompt"]: W.PromptSpec.from_dict(r["spec"]) for r in rows}
+
+
 def aggregate(study: Study) -> dict:
     """study.json's contents from the finished units (deterministic: no clock readings)."""
     cfg, root = study.cfg, study.root
@@ -70,6 +78,8 @@ def aggregate(study: Study) -> dict:
         d = root / f"seed-{seed}" / "candidates"
         marker = state.read_marker(d) or {}
         candidates[str(seed)] = {**_unit_runtime(d, marker), **_read_json(d / "candidates.json")}
+        if marker.get("status") == "complete" and study.prompts_file.is_file():
+            candidates[str(seed)]["oracle_check"] = check_candidates(d / "judge", _specs(study.prompts_file))
 
     accuracy, per_seed, paired, understanding = {}, {}, {}, {}
     base = results[cfg.baseline]
@@ -180,6 +190,19 @@ def markdown(report: dict) -> str:
             lines.append(f"| {seed} | {c['records']} | {c['global_ok']} / {c['global_failed']} | "
                          f"{_num(c['global_mean'])} | {c['propose'].get('num_regions_kept', 'n/a')} / "
                          f"{c['regions_judged']} | {_num(c['local_mean'])} |")
+    checked = {seed: c["oracle_check"] for seed, c in report["candidates"].items() if c.get("oracle_check")}
+    if checked:
+        lines += ["", "## Candidates by the oracle (a diagnostic, never used in training)", "",
+                  "Correct: candidates the oracle calls correct. AUC: how well the self-judge's scores rank "
+                  "correct images above wrong ones (global score) and regions of objects with every asked "
+                  "attribute above the others (local score, regions on an object the oracle reads); 50 = random.",
+                  "", "| seed | correct % | by category | global AUC | mean global correct / wrong | "
+                  "regions on an object (good) | local AUC |", "|---|---:|---|---:|---:|---:|---:|"]
+        for seed, k in checked.items():
+            cats = ", ".join(f"{c} {v:.1f}" for c, v in k["oracle_accuracy_by_category"].items())
+            lines.append(f"| {seed} | {_fmt1(k['oracle_accuracy'])} | {cats} | {_fmt1(k['global_auc'])} | "
+                         f"{_num(k['global_mean_correct'])} / {_num(k['global_mean_wrong'])} | "
+                         f"{k['regions_matched']} ({k['regions_good']}) | {_fmt1(k['local_auc'])} |")
     rt = report["runtime"]
     lines += ["", f"## Runtime: {rt['total_seconds']:.0f} s in all", "",
               "| unit | status | seconds | attempts | phases |", "|---|---|---:|---:|---|"]
@@ -200,6 +223,10 @@ def markdown(report: dict) -> str:
 
 def _num(x) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _fmt1(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
 
 
 def _secs(s) -> str:
