@@ -2,7 +2,7 @@
 """How a region of an image is shown to a model that is asked about it.
 
 The self-grounding filter (``srum propose``) and the local judgment (``srum judge``) both
-ask the model about one region at a time. Three ways to point at it, chosen by
+ask the model about one region at a time. Four ways to point at it, chosen by
 :class:`RegionView`:
 
 * ``mark``: the whole image with the region's box drawn as a coloured rectangle; the
@@ -10,6 +10,11 @@ ask the model about one region at a time. Three ways to point at it, chosen by
   region sits in the composition.
 * ``crop``: the box (enlarged by ``crop_margin`` of its size on every side, clipped to the
   image) cut out; with ``crop_context`` the full image comes first, then the crop.
+* ``isolate``: the whole image with everything outside the box (enlarged by
+  ``crop_margin`` as for ``crop``) painted black: the region at its own scale and place,
+  alone. A crop is resized to the model's input size, which magnifies a small region far
+  beyond anything the vision encoder saw; an isolated region keeps its size (the
+  miniature world, whose ViT learnt objects at one scale on a black background).
 * ``coords``: the unmodified image and the box as text, ``(x1, y1, x2, y2)`` on a
   0..``coords_scale`` grid relative to the image's width and height, origin top-left,
   x to the right, y down. Normalised coordinates are invariant to the resize that the
@@ -37,10 +42,10 @@ _COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 80, 255), "yel
 class RegionView:
     """How regions are presented (documented in TRAIN.md, "Showing regions to the model")."""
 
-    mode: Literal["mark", "crop", "coords"] = "mark"
+    mode: Literal["mark", "crop", "isolate", "coords"] = "mark"
     mark_colour: Literal["red", "green", "blue", "yellow"] = "red"
     mark_width: float = 0.006        # line width as a fraction of the image's longer side (>= 1 px)
-    crop_margin: float = 0.1         # crop = box grown by this fraction of its width/height per side
+    crop_margin: float = 0.1         # crop / isolate: box grown by this fraction of its width/height per side
     crop_context: bool = False       # crop mode: also show the full image before the crop
     coords_scale: int = 1000         # coords mode: coordinates on a 0..scale grid
     coords_phrase: Literal["full", "compact"] = "full"   # coords mode: the grid explained, or the box alone
@@ -89,6 +94,11 @@ def show_region(image: PIL.Image.Image, bbox: Sequence[float], view: RegionView)
         if view.crop_context:
             return [image, crop], "the area shown in the second image, a crop of the first"
         return [crop], "this crop of the generated image"
+    if view.mode == "isolate":
+        window = crop_box(bbox, image.size, view.crop_margin)
+        isolated = PIL.Image.new("RGB", image.size)
+        isolated.paste(image.crop(window), window[:2])
+        return [isolated], "the part of the image left visible"
     x1, y1, x2, y2 = normalised_box(bbox, image.size, view.coords_scale)
     if view.coords_phrase == "compact":
         return [image], f"the box ({x1}, {y1}, {x2}, {y2})"

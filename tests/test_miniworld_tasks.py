@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import re
+from collections import Counter
 
 import numpy as np
 import PIL.Image
@@ -123,18 +124,25 @@ def test_judge_rows_are_asked_in_the_configured_wording():
     image = W.render(scene)
     for wording, grounding in (("rubric", "full"), ("compact", "compact")):
         rows = tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording=wording)
-        assert rows[0] == ("judge_global", global_question(spec.text, "logits", wording), "9")
-        phrases = [q.split("Region: ")[1].split(".\n")[0] for k, q, _ in rows if k == "judge_local"] if wording == "compact" else None
+        assert rows[0] == ("judge_global", global_question(spec.text, "logits", wording), "9", image)
+        phrases = [q.split("Region: ")[1].split(".\n")[0] for k, q, *_ in rows if k == "judge_local"] if wording == "compact" else None
         assert not phrases or all(re.fullmatch(r"the box \(\d+, \d+, \d+, \d+\)", p) for p in phrases)
-        locals_ = [q for k, q, _ in rows if k == "judge_local"]
-        relevance = [q for k, q, _ in rows if k == "relevance"]
+        locals_ = [q for k, q, *_ in rows if k == "judge_local"]
+        relevance = [q for k, q, *_ in rows if k == "relevance"]
+        assert all(picture is image for *_, picture in rows)   # coords: the question names the box
         assert locals_ and len(locals_) == len(relevance)
         if phrases:    # exactly the questions srum judge / srum propose ask in that wording
             assert locals_ == [local_question(spec.text, p, "logits", "compact") for p in phrases]
             assert relevance == [GroundingConfig(wording="compact").question_for(spec.text, p) for p in phrases]
-    short = sum(len(q) for _, q, _ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording="compact"))
-    long = sum(len(q) for _, q, _ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1)))
+    short = sum(len(q) for _, q, *_ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording="compact"))
+    long = sum(len(q) for _, q, *_ in tasks.judge_questions(spec, scene, image, np.random.default_rng(1)))
     assert short < long / 5
+    # isolate: each region's questions come with the picture blacked out around that region
+    rows = tasks.judge_questions(spec, scene, image, np.random.default_rng(1), wording="compact", view="isolate")
+    assert rows[0][3] is image
+    for kind, question, answer, picture in rows[1:]:
+        assert "Region: the part of the image left visible." in question
+        assert picture is not image and picture.size == image.size
 
 
 def test_training_data_never_holds_a_heldout_combination(tmp_path):
@@ -215,3 +223,44 @@ def test_transforms_follow_the_model_config():
     for size in [(300, 200), (4000, 500), (1024, 1024)]:
         assert vae_transform(big).resize.target_size(*size) == vae_transform().resize.target_size(*size)
         assert vit_transform(big).resize.target_size(*size) == vit_transform().resize.target_size(*size)
+
+
+def test_region_questions_balance_the_ratings_of_one_isolated_object():
+    from srum.judge.rubric import local_question
+    ratings, relevant = Counter(), Counter()
+    for i in range(240):
+        rng = np.random.default_rng([11, i])
+        spec = W.sample_prompt(W.CATEGORIES[i % 6], rng, "train")
+        (k1, q1, a1, p1), (k2, q2, a2, p2) = tasks.region_questions(spec, rng)
+        assert (k1, k2) == ("judge_local", "relevance") and p1 is p2 and p1.size == (64, 64)
+        assert q1 == local_question(spec.text, "the part of the image left visible", "logits", "compact")
+        assert (a2 == "Yes") == (a1 in ("9", "3"))      # relevant exactly when it shares shape or colour
+        ratings[a1] += 1
+        relevant[a2] += 1
+    # a judge that says "9" to every object is right for at most ~a third of them here
+    assert set(ratings) == {"9", "3", "2"} and max(ratings.values()) < 0.5 * 240 and min(ratings.values()) > 0.15 * 240
+
+
+def test_region_scenes_need_the_isolate_view():
+    from srum.miniworld.data import DataConfig
+    with pytest.raises(ValueError, match="judge_view: isolate"):
+        DataConfig(region_scenes=10)
+    with pytest.raises(ValueError, match="judge_view"):
+        DataConfig(judge_view="crop")
+    assert DataConfig(region_scenes=10, judge_view="isolate").region_scenes == 10
+
+
+def test_isolate_view_rows_have_their_own_images_and_no_heldout_prompt(tmp_path):
+    cfg = DataConfig(prompts=6, vqa_scenes=6, judge_scenes=12, judge_view="isolate", region_scenes=24, seed=3)
+    summary = write_training_data(tmp_path / "d", cfg)
+    rows = [json.loads(line) for line in (tmp_path / "d" / "vqa.jsonl").read_text().splitlines()]
+    region = [r for r in rows if r["id"].startswith("region-")]
+    judge = [r for r in rows if r["id"].startswith("judge-")]
+    assert len(region) == 48 and summary["vqa"] == len(rows)
+    local = [r for r in judge if r["meta"]["kind"] in ("judge_local", "relevance")]
+    assert local and all(re.search(r"judge/\d{7}-r\d\.png$", r["image"]) for r in local)
+    assert all(re.search(r"judge/\d{7}\.png$", r["image"]) for r in judge if r["meta"]["kind"] == "judge_global")
+    heldout = {s.text for s in W.eval_prompts(split="heldout", per_category=30, seed=0) if W.is_heldout(s)}
+    for r in region + judge:
+        assert (tmp_path / "d" / r["image"]).is_file()
+        assert not any(f'"{t}"' in r["question"] for t in heldout)

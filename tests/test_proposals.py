@@ -407,3 +407,16 @@ def test_coords_view_names_the_box_on_its_grid_in_either_phrase():
     assert views == [image] and short == "the box (16, 16, 48, 48)"
     with pytest.raises(ValueError, match="coords_phrase"):
         RegionView("coords", coords_phrase="tiny")
+
+
+def test_isolate_view_keeps_the_region_in_place_and_blacks_out_the_rest():
+    image = Image.new("RGB", (64, 48), (10, 20, 30))
+    image.paste((200, 0, 0), (4, 4, 12, 12))       # inside the box
+    image.paste((0, 200, 0), (50, 30, 60, 40))     # far outside it
+    views, phrase = show_region(image, [2.0, 2.0, 14.0, 14.0], RegionView("isolate", crop_margin=0.25))
+    assert phrase == "the part of the image left visible" and len(views) == 1
+    shown = np.asarray(views[0])
+    assert views[0].size == image.size
+    assert (shown[4:12, 4:12] == (200, 0, 0)).all()           # the region at its own size and place
+    assert (shown[0:17, 0:17] == np.asarray(image)[0:17, 0:17]).all()   # window = box + 3 px a side
+    assert shown[17:].max() == 0 and shown[:, 17:].max() == 0            # everything else black

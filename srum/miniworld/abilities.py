@@ -47,7 +47,8 @@ class AbilitiesConfig:
     per_category: held-out prompts per category for generation and judge agreement.
     seed: scene, question and image seeds. judge_wording: the judge's questions ("compact",
     as the shipped model was trained: ``data.judge_wording``, or "rubric" for models of
-    stages 1-15). Sampling: the defaults of ``srum eval miniworld``
+    stages 1-15); judge_view: how it shows a region ("coords", or "isolate" for a model trained
+    with ``data.judge_view: isolate``). Sampling: the defaults of ``srum eval miniworld``
     (configs/eval/miniworld.yaml): 20 steps, text CFG 3 over the whole schedule, no shift."""
 
     scenes: int = 300
@@ -61,6 +62,7 @@ class AbilitiesConfig:
     batch_size: int = 32
     think: bool = True
     judge_wording: str = "compact"
+    judge_view: str = "coords"
 
 
 def _normalise(answer: str) -> str:
@@ -130,11 +132,11 @@ def measure_generation(model, cfg: AbilitiesConfig) -> tuple[dict, list, list]:
 
 
 @torch.no_grad()
-def measure_judge_agreement(model, specs, images, wording: str = "rubric") -> dict:
+def measure_judge_agreement(model, specs, images, wording: str = "rubric", view: str = "coords") -> dict:
     from ..judge.backends import SelfJudge
     from ..judge.scoring import JudgeConfig, judge_image
     judge = SelfJudge(model)
-    cfg = JudgeConfig(mode="logits", wording=wording, view=tasks.region_view(wording), min_scale_mass=0.0, batch_size=16)
+    cfg = JudgeConfig(mode="logits", wording=wording, view=tasks.region_view(wording, view), min_scale_mass=0.0, batch_size=16)
     pairs = {"global": [], "local": []}   # (judge says good, oracle says good)
     for spec, image in zip(specs, images):
         verdict = O.check(spec, image)
@@ -170,7 +172,7 @@ def measure_abilities(model, cfg: AbilitiesConfig) -> dict:
     log.info("understanding: %.1f %%", out["understanding"]["accuracy"])
     out["generation"], specs, images = measure_generation(model, cfg)
     log.info("generation: %s", out["generation"])
-    out["judge_agreement"] = measure_judge_agreement(model, specs, images, cfg.judge_wording)
+    out["judge_agreement"] = measure_judge_agreement(model, specs, images, cfg.judge_wording, cfg.judge_view)
     log.info("judge agreement: %s", out["judge_agreement"])
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -31,7 +31,7 @@ log = logging.getLogger("srum.miniworld")
 
 __all__ = ["DataConfig", "write_training_data", "item_rng", "text_corpus"]
 
-KINDS = {"prompt": 1, "vqa": 2, "judge": 3}
+KINDS = {"prompt": 1, "vqa": 2, "judge": 3, "region": 4}
 
 
 @dataclass
@@ -56,6 +56,12 @@ class DataConfig:
     judge_wording: the wording of those judge and relevance questions, "rubric" or "compact"
         (``judge.wording`` / ``proposals.grounding.wording`` of the pipeline that will ask them;
         compact rows are ~30 tokens instead of 200-700, so a pack holds far more of them).
+    judge_view: how those questions show a region (``judge.view`` / ``proposals.grounding.view``
+        of that pipeline): "coords" (the box as text on the whole picture) or "isolate" (the
+        picture with everything outside the region black; the row then has its own image).
+    region_scenes: one-object pictures in the isolate view, each asked the local and relevance
+        questions for a training prompt with the object's attributes drawn to balance the
+        ratings (:func:`tasks.region_questions`); needs ``judge_view: isolate``.
     workers: rendering processes (0 = in this process)."""
 
     prompts: int = 60000
@@ -68,6 +74,8 @@ class DataConfig:
     corrupt_prob: float = 0.5
     artifact_prob: float = 0.0
     judge_wording: str = "compact"
+    judge_view: str = "coords"
+    region_scenes: int = 0
     seed: int = 0
     workers: int = 0
 
@@ -77,6 +85,10 @@ class DataConfig:
             raise ValueError(f"data.question_kinds: {bad} are not question kinds {list(tasks.QUESTION_KINDS)}")
         if self.judge_wording not in ("rubric", "compact"):
             raise ValueError(f"data.judge_wording must be 'rubric' or 'compact', got {self.judge_wording!r}")
+        if self.judge_view not in tasks.REGION_VIEWS:
+            raise ValueError(f"data.judge_view must be one of {list(tasks.REGION_VIEWS)}, got {self.judge_view!r}")
+        if self.region_scenes and self.judge_view != "isolate":
+            raise ValueError("data.region_scenes asks about regions in the isolate view: set data.judge_view: isolate")
         if not 0.0 <= self.artifact_prob <= 1.0:
             raise ValueError(f"data.artifact_prob must be in [0, 1], got {self.artifact_prob}")
 
@@ -142,9 +154,26 @@ def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
                 scene, violation = melted, "artifact"
         image = W.render(scene)
         rel = _save(image, out, f"images/judge/{i:07d}.png")
-        for k, (kind, question, answer) in enumerate(tasks.judge_questions(spec, scene, image, rng, wording=cfg.judge_wording)):
-            rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": rel, "question": question,
+        questions = tasks.judge_questions(spec, scene, image, rng, wording=cfg.judge_wording, view=cfg.judge_view)
+        for k, (kind, question, answer, picture) in enumerate(questions):
+            # a region view of its own (isolate) is saved beside the scene; relevance and
+            # local questions about the same region share it
+            shown = rel if picture is image else _save(picture, out, f"images/judge/{i:07d}-r{(k - 1) // 2}.png")
+            rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": shown, "question": question,
                          "answer": answer, "meta": {"kind": kind, "violation": violation}})
+    return rows
+
+
+def _region_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
+    rows = []
+    for i in range(start, stop):
+        rng = item_rng(cfg.seed, "region", i)
+        spec = W.sample_prompt(W.CATEGORIES[i % len(W.CATEGORIES)], rng, "train")
+        questions = tasks.region_questions(spec, rng, wording=cfg.judge_wording)
+        rel = _save(questions[0][3], out, f"images/region/{i:07d}.png")
+        for k, (kind, question, answer, _) in enumerate(questions):
+            rows.append({"mode": "vqa", "id": f"region-{i:07d}-{k}", "image": rel, "question": question,
+                         "answer": answer, "meta": {"kind": kind}})
     return rows
 
 
@@ -177,7 +206,7 @@ def write_training_data(out_dir: str | os.PathLike, cfg: DataConfig) -> dict:
     if out.exists():
         log.info("data: %s is unfinished or was made with another config: rendering it again", out)
         shutil.rmtree(out)
-    for sub in ("prompt", "vqa", "judge"):
+    for sub in ("prompt", "vqa", "judge", "region"):
         (out / "images" / sub).mkdir(parents=True, exist_ok=True)
     t2i, cot = [], []
     for a, b in _run(_prompt_rows, out, cfg, cfg.prompts):
@@ -185,6 +214,7 @@ def write_training_data(out_dir: str | os.PathLike, cfg: DataConfig) -> dict:
         cot += b
     vqa = [r for part in _run(_vqa_rows, out, cfg, cfg.vqa_scenes) for r in part]
     vqa += [r for part in _run(_judge_rows, out, cfg, cfg.judge_scenes) for r in part]
+    vqa += [r for part in _run(_region_rows, out, cfg, cfg.region_scenes) for r in part]
     _write_jsonl(out / "t2i.jsonl", t2i)
     _write_jsonl(out / "cot.jsonl", cot)
     _write_jsonl(out / "vqa.jsonl", vqa)

@@ -34,7 +34,7 @@ Answer rules for the judge questions (the rubric's bands, :mod:`srum.judge.rubri
 from __future__ import annotations
 
 import re
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -44,9 +44,9 @@ from ..proposals.self_boxes import DEFAULT_BOXES_QUESTION
 from ..regions import RegionView, show_region
 from . import world as W
 
-__all__ = ["COORDS_VIEW", "COMPACT_COORDS_VIEW", "region_view", "DETECTION_QUESTION", "plan_text", "parse_plan", "scene_questions",
+__all__ = ["COORDS_VIEW", "COMPACT_COORDS_VIEW", "ISOLATE_VIEW", "region_view", "DETECTION_QUESTION", "plan_text", "parse_plan", "scene_questions",
            "detection_answer", "judge_questions", "global_digit",
-           "local_digit", "is_relevant", "region_phrase"]
+           "local_digit", "is_relevant", "region_questions"]
 
 # the region view of the miniature pipeline: 0..64 integer coordinates (pixels at 64 px)
 COORDS_VIEW = RegionView(mode="coords", coords_scale=64)
@@ -54,8 +54,19 @@ COORDS_VIEW = RegionView(mode="coords", coords_scale=64)
 COMPACT_COORDS_VIEW = RegionView(mode="coords", coords_scale=64, coords_phrase="compact")
 
 
-def region_view(wording: str = "rubric") -> RegionView:
-    """How the judge and the relevance filter show a region to the miniature model in that wording."""
+# the region alone at its own size, the rest of the picture black (``view.mode: isolate``):
+# the local and relevance questions become questions about one object, which the model reads
+ISOLATE_VIEW = RegionView(mode="isolate", crop_margin=0.15)
+REGION_VIEWS = ("coords", "isolate")
+
+
+def region_view(wording: str = "rubric", view: str = "coords") -> RegionView:
+    """How the judge and the relevance filter show a region to the miniature model:
+    ``view`` "coords" (the box as text, in that wording) or "isolate"."""
+    if view not in REGION_VIEWS:
+        raise ValueError(f"region view must be one of {REGION_VIEWS}, got {view!r}")
+    if view == "isolate":
+        return ISOLATE_VIEW
     return COMPACT_COORDS_VIEW if wording == "compact" else COORDS_VIEW
 
 # the question of the ``self`` region proposals; the miniature pipeline sets coords_scale 64
@@ -256,11 +267,6 @@ def is_relevant(spec: W.PromptSpec, obj: W.WorldObject | None) -> bool:
     return obj is not None and any(_related(obj, s) for s in spec.objects)
 
 
-def region_phrase(image, bbox, wording: str = "rubric") -> str:
-    """How the judge and the relevance filter name a region (:func:`region_view`)."""
-    return show_region(image, bbox, region_view(wording))[1]
-
-
 def _background_box(scene: W.Scene, rng: np.random.Generator) -> tuple[float, float, float, float] | None:
     """A box of empty background (overlapping no object), or None when none is found."""
     boxes = [o.bbox() for o in scene.objects]
@@ -282,13 +288,17 @@ def _jitter_box(box, rng: np.random.Generator, amount: float = 2.0):
 
 
 def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Generator,
-                    max_regions: int = 2, wording: str = "rubric") -> list[tuple[str, str, str]]:
-    """(kind, question, answer) triples for the questions ``srum judge`` (logits mode) and
-    the relevance filter of ``srum propose`` ask about ``image`` generated for ``spec``.
-    ``wording``: "rubric" (``judge.wording: rubric`` with ``proposals.grounding.wording:
-    full``) or "compact" (both compact), as the model will be asked."""
+                    max_regions: int = 2, wording: str = "rubric",
+                    view: str = "coords") -> list[tuple[str, str, str, Any]]:
+    """(kind, question, answer, picture) for the questions ``srum judge`` (logits mode) and
+    the relevance filter of ``srum propose`` ask about ``image`` generated for ``spec``;
+    ``picture`` is what the model is shown with the question (``image`` itself, or the
+    region's view of it). ``wording``: "rubric" (``judge.wording: rubric`` with
+    ``proposals.grounding.wording: full``) or "compact" (both compact); ``view``: the
+    region view (:func:`region_view`), as the model will be asked."""
     relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
-    out = [("judge_global", global_question(spec.text, "logits", wording), global_digit(spec, scene))]
+    shown = region_view(wording, view)
+    out = [("judge_global", global_question(spec.text, "logits", wording), global_digit(spec, scene), image)]
     objs = list(scene.objects)
     picks = [objs[int(i)] for i in rng.permutation(len(objs))[:max_regions]]
     regions: list[tuple[W.WorldObject | None, tuple]] = [(o, _jitter_box(o.bbox(), rng)) for o in picks]
@@ -297,14 +307,74 @@ def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Ge
         if box is not None:
             regions.append((None, box))
     for obj, box in regions:
-        phrase = region_phrase(image, box, wording)
-        out.append(("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj)))
+        pictures, phrase = show_region(image, box, shown)
+        out.append(("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj),
+                    pictures[0]))
         out.append(("relevance", relevance_question.format(prompt=spec.text, region=phrase),
-                    "Yes" if is_relevant(spec, obj) else "No"))
+                    "Yes" if is_relevant(spec, obj) else "No", pictures[0]))
     return out
 
 
 
+
+REGION_CASES = ("match", "related", "unrelated", "melted")
+
+
+def _region_object(spec: W.PromptSpec, case: str, rng: np.random.Generator) -> W.WorldObject:
+    """One object for :func:`region_questions`: a prompt object exactly ("match"), one that
+    keeps its shape or colour and misses another asked attribute ("related"), one sharing
+    neither with any prompt object ("unrelated"), or a malformed prompt object ("melted")."""
+    target = spec.objects[int(rng.integers(len(spec.objects)))]
+    shape = target.shape or _choice(W.SHAPES, rng)
+    color = target.color or _choice(tuple(W.COLORS), rng)
+    size = target.size or _choice(tuple(W.SIZES), rng)
+    fill = target.fill or _choice(W.FILLS, rng)
+    if case == "related":
+        asked = [n for n, v in (("shape", target.shape), ("color", target.color), ("size", target.size),
+                                ("fill", target.fill)) if v is not None]
+        change = asked[int(rng.integers(len(asked)))]
+        if change in ("shape", "color") and not ({"shape", "color"} - {change}) & set(asked):
+            change = "size"   # only one of shape / colour asked: changing it would make the object unrelated
+        shape = _other(W.SHAPES, shape, rng) if change == "shape" else shape
+        color = _other(tuple(W.COLORS), color, rng) if change == "color" else color
+        size = _other(tuple(W.SIZES), size, rng) if change == "size" else size
+        fill = _other(W.FILLS, fill, rng) if change == "fill" else fill
+    elif case == "unrelated":
+        shapes = [x for x in W.SHAPES if all(o.shape != x for o in spec.objects)] or list(W.SHAPES)
+        colors = [x for x in W.COLORS if all(o.color != x for o in spec.objects)] or list(W.COLORS)
+        shape, color = _choice(shapes, rng), _choice(colors, rng)
+    half = W.SIZES[size] / 2
+    x, y = (float(rng.uniform(half + 1, W.IMAGE_SIZE - half - 1)) for _ in range(2))
+    melt = 0.0
+    if case == "melted" and shape != "circle":
+        melt = round(float(rng.uniform(*W.MELT_RANGE)), 3)
+    return W.WorldObject(shape, color, size, fill, x, y, melt=melt, melt_seed=int(rng.integers(2 ** 31)))
+
+
+def _choice(options, rng: np.random.Generator):
+    return options[int(rng.integers(len(options)))]
+
+
+def _other(options, current, rng: np.random.Generator):
+    return _choice([o for o in options if o != current], rng)
+
+
+def region_questions(spec: W.PromptSpec, rng: np.random.Generator,
+                     wording: str = "compact") -> list[tuple[str, str, str, Any]]:
+    """The local and relevance questions about one region in the isolate view, on a picture
+    of one object whose attributes are drawn to balance the ratings (:data:`REGION_CASES`,
+    equally often), in the format of :func:`judge_questions`. The answers come from
+    :func:`local_digit` and :func:`is_relevant`, as everywhere. In the judge's own scenes
+    about three in four regions are an object the prompt asks for, so a judge that says "9"
+    to every object is right most of the time; here it is right a quarter of the time."""
+    case = REGION_CASES[int(rng.integers(len(REGION_CASES)))]
+    obj = _region_object(spec, case, rng)
+    image = W.render(W.Scene((obj,)))
+    pictures, phrase = show_region(image, _jitter_box(obj.bbox(), rng), ISOLATE_VIEW)
+    relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
+    return [("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj), pictures[0]),
+            ("relevance", relevance_question.format(prompt=spec.text, region=phrase),
+             "Yes" if is_relevant(spec, obj) else "No", pictures[0])]
 
 # kind -> question maker; the order fixes which maker a random draw picks
 _MAKERS = {"exists": _ask_exists, "color": _ask_color, "shape": _ask_shape, "fill": _ask_fill,
