@@ -47,8 +47,8 @@ class AbilitiesConfig:
     per_category: held-out prompts per category for generation and judge agreement.
     seed: scene, question and image seeds. judge_wording: the judge's questions ("compact",
     as the shipped model was trained: ``data.judge_wording``, or "rubric" for models of
-    stages 1-15); judge_view: how it shows a region ("coords", or "isolate" for a model trained
-    with ``data.judge_view: isolate``). Sampling: the defaults of ``srum eval miniworld``
+    stages 1-15); judge_view: how it shows a region ("isolate", as the shipped model was
+    trained: ``data.judge_view``, or "coords" for models of stages 1-18). Sampling: the defaults of ``srum eval miniworld``
     (configs/eval/miniworld.yaml): 20 steps, text CFG 3 over the whole schedule, no shift."""
 
     scenes: int = 300
@@ -62,7 +62,7 @@ class AbilitiesConfig:
     batch_size: int = 32
     think: bool = True
     judge_wording: str = "compact"
-    judge_view: str = "coords"
+    judge_view: str = "isolate"
 
 
 def _normalise(answer: str) -> str:
