@@ -264,3 +264,11 @@ def test_isolate_view_rows_have_their_own_images_and_no_heldout_prompt(tmp_path)
     for r in region + judge:
         assert (tmp_path / "d" / r["image"]).is_file()
         assert not any(f'"{t}"' in r["question"] for t in heldout)
+
+
+def test_abilities_refuse_an_unknown_judge_view_or_wording_at_once():
+    from srum.miniworld.abilities import AbilitiesConfig
+    with pytest.raises(ValueError, match="judge_view"):
+        AbilitiesConfig(judge_view="crop")
+    with pytest.raises(ValueError, match="judge_wording"):
+        AbilitiesConfig(judge_wording="short")

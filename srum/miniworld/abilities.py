@@ -64,6 +64,12 @@ class AbilitiesConfig:
     judge_wording: str = "compact"
     judge_view: str = "isolate"
 
+    def __post_init__(self):   # bad values stop here, not after minutes of drawing
+        if self.judge_wording not in ("rubric", "compact"):
+            raise ValueError(f"judge_wording must be 'rubric' or 'compact', got {self.judge_wording!r}")
+        if self.judge_view not in tasks.REGION_VIEWS:
+            raise ValueError(f"judge_view must be one of {list(tasks.REGION_VIEWS)}, got {self.judge_view!r}")
+
 
 def _normalise(answer: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", answer.lower()).strip()

@@ -155,10 +155,11 @@ def _judge_rows(out: Path, cfg: DataConfig, start: int, stop: int) -> list:
         image = W.render(scene)
         rel = _save(image, out, f"images/judge/{i:07d}.png")
         questions = tasks.judge_questions(spec, scene, image, rng, wording=cfg.judge_wording, view=cfg.judge_view)
+        saved = {id(image): rel}   # a region view of its own (isolate) is saved once, beside the scene
         for k, (kind, question, answer, picture) in enumerate(questions):
-            # a region view of its own (isolate) is saved beside the scene; relevance and
-            # local questions about the same region share it
-            shown = rel if picture is image else _save(picture, out, f"images/judge/{i:07d}-r{(k - 1) // 2}.png")
+            if id(picture) not in saved:
+                saved[id(picture)] = _save(picture, out, f"images/judge/{i:07d}-r{len(saved) - 1}.png")
+            shown = saved[id(picture)]
             rows.append({"mode": "vqa", "id": f"judge-{i:07d}-{k}", "image": shown, "question": question,
                          "answer": answer, "meta": {"kind": kind, "violation": violation}})
     return rows

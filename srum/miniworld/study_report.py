@@ -74,12 +74,13 @@ def aggregate(study: Study) -> dict:
             elif label not in missing:
                 missing.append(label)
     candidates = {}
+    specs = _specs(study.prompts_file) if study.prompts_file.is_file() else None
     for seed in cfg.seeds:
         d = root / f"seed-{seed}" / "candidates"
         marker = state.read_marker(d) or {}
         candidates[str(seed)] = {**_unit_runtime(d, marker), **_read_json(d / "candidates.json")}
-        if marker.get("status") == "complete" and study.prompts_file.is_file():
-            candidates[str(seed)]["oracle_check"] = check_candidates(d / "judge", _specs(study.prompts_file))
+        if marker.get("status") == "complete" and specs is not None:
+            candidates[str(seed)]["oracle_check"] = check_candidates(d / "judge", specs)
 
     accuracy, per_seed, paired, understanding = {}, {}, {}, {}
     base = results[cfg.baseline]

@@ -296,7 +296,6 @@ def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Ge
     region's view of it). ``wording``: "rubric" (``judge.wording: rubric`` with
     ``proposals.grounding.wording: full``) or "compact" (both compact); ``view``: the
     region view (:func:`region_view`), as the model will be asked."""
-    relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
     shown = region_view(wording, view)
     out = [("judge_global", global_question(spec.text, "logits", wording), global_digit(spec, scene), image)]
     objs = list(scene.objects)
@@ -307,12 +306,19 @@ def judge_questions(spec: W.PromptSpec, scene: W.Scene, image, rng: np.random.Ge
         if box is not None:
             regions.append((None, box))
     for obj, box in regions:
-        pictures, phrase = show_region(image, box, shown)
-        out.append(("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj),
-                    pictures[0]))
-        out.append(("relevance", relevance_question.format(prompt=spec.text, region=phrase),
-                    "Yes" if is_relevant(spec, obj) else "No", pictures[0]))
+        out += _region_pair(spec, obj, image, box, shown, wording)
     return out
+
+
+def _region_pair(spec: W.PromptSpec, obj: W.WorldObject | None, image, box, view: RegionView,
+                 wording: str) -> list[tuple[str, str, str, Any]]:
+    """The local and the relevance question about the region ``box`` of ``image`` (around
+    ``obj``; None: background), shown in ``view``; both share the shown picture."""
+    pictures, phrase = show_region(image, box, view)
+    relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
+    return [("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj), pictures[0]),
+            ("relevance", relevance_question.format(prompt=spec.text, region=phrase),
+             "Yes" if is_relevant(spec, obj) else "No", pictures[0])]
 
 
 
@@ -325,10 +331,10 @@ def _region_object(spec: W.PromptSpec, case: str, rng: np.random.Generator) -> W
     keeps its shape or colour and misses another asked attribute ("related"), one sharing
     neither with any prompt object ("unrelated"), or a malformed prompt object ("melted")."""
     target = spec.objects[int(rng.integers(len(spec.objects)))]
-    shape = target.shape or _choice(W.SHAPES, rng)
-    color = target.color or _choice(tuple(W.COLORS), rng)
-    size = target.size or _choice(tuple(W.SIZES), rng)
-    fill = target.fill or _choice(W.FILLS, rng)
+    shape = target.shape or W._choice(rng, W.SHAPES)
+    color = target.color or W._choice(rng, tuple(W.COLORS))
+    size = target.size or W._choice(rng, tuple(W.SIZES))
+    fill = target.fill or W._choice(rng, W.FILLS)
     if case == "related":
         asked = [n for n, v in (("shape", target.shape), ("color", target.color), ("size", target.size),
                                 ("fill", target.fill)) if v is not None]
@@ -342,7 +348,7 @@ def _region_object(spec: W.PromptSpec, case: str, rng: np.random.Generator) -> W
     elif case == "unrelated":
         shapes = [x for x in W.SHAPES if all(o.shape != x for o in spec.objects)] or list(W.SHAPES)
         colors = [x for x in W.COLORS if all(o.color != x for o in spec.objects)] or list(W.COLORS)
-        shape, color = _choice(shapes, rng), _choice(colors, rng)
+        shape, color = W._choice(rng, shapes), W._choice(rng, colors)
     half = W.SIZES[size] / 2
     x, y = (float(rng.uniform(half + 1, W.IMAGE_SIZE - half - 1)) for _ in range(2))
     melt = 0.0
@@ -351,12 +357,8 @@ def _region_object(spec: W.PromptSpec, case: str, rng: np.random.Generator) -> W
     return W.WorldObject(shape, color, size, fill, x, y, melt=melt, melt_seed=int(rng.integers(2 ** 31)))
 
 
-def _choice(options, rng: np.random.Generator):
-    return options[int(rng.integers(len(options)))]
-
-
 def _other(options, current, rng: np.random.Generator):
-    return _choice([o for o in options if o != current], rng)
+    return W._choice(rng, [o for o in options if o != current])
 
 
 def region_questions(spec: W.PromptSpec, rng: np.random.Generator,
@@ -369,12 +371,7 @@ def region_questions(spec: W.PromptSpec, rng: np.random.Generator,
     to every object is right most of the time; here it is right a quarter of the time."""
     case = REGION_CASES[int(rng.integers(len(REGION_CASES)))]
     obj = _region_object(spec, case, rng)
-    image = W.render(W.Scene((obj,)))
-    pictures, phrase = show_region(image, _jitter_box(obj.bbox(), rng), ISOLATE_VIEW)
-    relevance_question = RELEVANCE_QUESTIONS["compact" if wording == "compact" else "full"]
-    return [("judge_local", local_question(spec.text, phrase, "logits", wording), local_digit(spec, obj), pictures[0]),
-            ("relevance", relevance_question.format(prompt=spec.text, region=phrase),
-             "Yes" if is_relevant(spec, obj) else "No", pictures[0])]
+    return _region_pair(spec, obj, W.render(W.Scene((obj,))), _jitter_box(obj.bbox(), rng), ISOLATE_VIEW, wording)
 
 # kind -> question maker; the order fixes which maker a random draw picks
 _MAKERS = {"exists": _ask_exists, "color": _ask_color, "shape": _ask_shape, "fill": _ask_fill,
